@@ -1,0 +1,1 @@
+"""Helpers shared by every sub-package: atomic files, devices and seeds, progress hooks."""

@@ -1,0 +1,64 @@
+"""Devices, seeds, threads, and the provenance every run records (version, git revision)."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from onp.errors import OnpError
+
+
+def resolve_device(name: str | None = "auto") -> torch.device:
+    """``auto`` picks CUDA when present and the CPU otherwise; an unavailable device is a user error."""
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise OnpError(f"invalid device {name!r}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise OnpError(f"device {name!r} requested but CUDA is not available")
+    return dev
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a CPU generator for data order and sampling."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def set_threads(n: int | None) -> None:
+    """Give this process ``n`` intra-op threads (default: the cores it may use)."""
+    if n is None or n <= 0:
+        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(n)
+
+
+def git_revision() -> str | None:
+    """The git revision of the source tree the package runs from, or None outside a checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
+        )
+        rev = out.stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True,
+            timeout=5,
+        ).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance() -> dict[str, str | None]:
+    from onp import __version__
+
+    return {"onp": __version__, "torch": torch.__version__, "git": git_revision()}
