@@ -1,11 +1,13 @@
 """CIFAR-10 and CIFAR-100 (Krizhevsky 2009) in both official layouts: binary and python pickles.
 
-The python layout is read with a restricted unpickler that only builds plain containers, numbers and bytes,
-so a tampered batch file cannot run code.
+The python layout is read with a restricted unpickler that builds plain containers, numbers, bytes and numpy
+arrays (the official batches hold their pixels as a uint8 array) and refuses every other class or function, so
+a tampered batch file cannot run code.
 """
 
 from __future__ import annotations
 
+import codecs
 import io
 import pickle
 from dataclasses import dataclass
@@ -65,17 +67,46 @@ CIFAR100 = _Spec(
 )
 
 
+def _numpy_rebuilders() -> dict[tuple[str, str], object]:
+    # Taken from numpy's own reducers, so they are right for numpy 1.x (numpy.core) and 2.x (numpy._core) alike.
+    reconstruct = np.zeros(1).__reduce__()[0]
+    frombuffer = np.zeros(1).__reduce_ex__(5)[0]
+    allowed: dict[tuple[str, str], object] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                                              ("_codecs", "encode"): codecs.encode}  # py3 protocol-2 bytes
+    for core in ("numpy.core", "numpy._core"):
+        allowed[(f"{core}.multiarray", "_reconstruct")] = reconstruct
+        allowed[(f"{core}.numeric", "_frombuffer")] = frombuffer
+    return allowed
+
+
+_ALLOWED_GLOBALS = _numpy_rebuilders()
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    pass
+
+
 class _SafeUnpickler(pickle.Unpickler):
+    """Builds containers, numbers, bytes and numpy arrays; any other global (``os.system``...) is refused."""
+
     def find_class(self, module: str, name: str):  # noqa: ANN201
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: CIFAR batches hold only plain data")
+        try:
+            return _ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise _RefusedGlobal(f"{module}.{name}") from None
 
 
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
+            # encoding="bytes": the official batches are Python 2 pickles whose str objects are raw bytes
             obj = _SafeUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
-        raise OnpError(f"{path} is truncated or corrupt: {e}") from None
+    except _RefusedGlobal as e:
+        raise OnpError(f"refusing to load {path}: it references {e}, but a CIFAR batch holds only plain data "
+                       "and arrays") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError,
+            OverflowError, MemoryError, RecursionError) as e:
+        raise OnpError(f"{path} is truncated or corrupt: {type(e).__name__}: {e}") from None
     if not isinstance(obj, dict):
         raise OnpError(f"{path} is not a CIFAR python batch")
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in obj.items()}
