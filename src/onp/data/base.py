@@ -137,6 +137,7 @@ def read_image(path: Path, mode: str = "RGB", size: int | None = None) -> np.nda
             if size is not None and im.size != (size, size):
                 im = im.resize((size, size), getattr(Image, "Resampling", Image).BILINEAR)  # Pillow < 9.1
             return np.asarray(im, dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        # UnidentifiedImageError and "image file is truncated" are OSErrors
+    except Image.UnidentifiedImageError:  # its own message repeats the path
+        raise OnpError(f"cannot read image {path}: not an image format Pillow recognises") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # e.g. "image file is truncated"
         raise OnpError(f"cannot read image {path}: {e}") from None

@@ -1,0 +1,116 @@
+"""What ``onp attack`` and ``onp eval`` do, as functions: train a backdoored model; measure a saved one."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from onp.artifacts import ArchSpec, load_attack, load_model, save_model
+from onp.attacks import create_attack
+from onp.config import AttackRun, to_dict
+from onp.data import ImageDataset, create_dataset
+from onp.evaluate import evaluate
+from onp.training import TrainConfig, train_model
+from onp.utils.progress import ProgressFactory, null_progress
+from onp.utils.runtime import provenance, resolve_device, seed_everything, set_threads
+
+log = logging.getLogger(__name__)
+
+
+def cache_dir() -> Path:
+    """Where reusable artifacts (clean reference models) go: ``$ONP_CACHE`` or ``~/.cache/onp``."""
+    return Path(os.environ.get("ONP_CACHE", Path.home() / ".cache" / "onp"))
+
+
+def config_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def arch_for(cfg: AttackRun, data: ImageDataset) -> ArchSpec:
+    return ArchSpec(cfg.model.name, data.num_classes, data.image_shape[0], list(data.mean), list(data.std),
+                    cfg.model.kwargs())
+
+
+def reference_model(cfg: AttackRun, train: ImageDataset, device: torch.device,
+                    progress: ProgressFactory = null_progress) -> nn.Module:
+    """The clean model that lc, trojannn and inputaware craft their triggers on: ``cfg.reference`` if given,
+    else a cached one trained for ``cfg.reference_epochs`` (keyed by data, architecture, epochs and seed)."""
+    if cfg.reference:
+        model, _ = load_model(cfg.reference, arch=cfg.model.name if ":" in cfg.model.name else None)
+        return model
+    spec = arch_for(cfg, train)
+    tcfg = TrainConfig(**{**to_dict(cfg.train), "epochs": cfg.reference_epochs})
+    key = config_hash({"data": cfg.data.name, "n": len(train), "arch": spec.to_dict(), "train": to_dict(tcfg),
+                       "seed": cfg.seed})
+    path = cache_dir() / f"reference-{cfg.data.name}-{key}"
+    if (path / "model.safetensors").is_file():
+        log.info("reusing the clean reference model %s", path)
+        model, _ = load_model(path, arch=cfg.model.name if ":" in cfg.model.name else None)
+        return model
+    log.info("training a clean reference model for %d epochs (cached at %s)", tcfg.epochs, path)
+    seed_everything(cfg.seed + 7919)
+    model = spec.build()
+    history = train_model(model, train, tcfg, device, seed=cfg.seed + 7919, progress=progress)
+    save_model(path, model, {"arch": spec.to_dict(), "data": {"name": cfg.data.name,
+                                                              "image_shape": list(train.image_shape)},
+                             "train": to_dict(tcfg), "history": history, "seed": cfg.seed, **provenance()})
+    return model
+
+
+def run_attack(cfg: AttackRun, progress: ProgressFactory = null_progress) -> dict[str, Any]:
+    """Train a backdoored model as ``cfg`` says, evaluate it, and save it to ``cfg.out``; return its metadata."""
+    t0 = time.perf_counter()
+    set_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    train = create_dataset(cfg.data.name, cfg.data.root, "train", download=cfg.data.download)
+    test = create_dataset(cfg.data.name, cfg.data.root, "test", download=cfg.data.download)
+    attack = create_attack(cfg.attack.name, train.num_classes, train.image_shape, target_label=cfg.attack.target_label,
+                           poison_rate=cfg.attack.poison_rate, all_to_all=cfg.attack.all_to_all, seed=cfg.seed,
+                           **cfg.attack.params)
+    spec = arch_for(cfg, train)
+    spec.build()  # fail on a bad architecture before any long work
+    if attack.needs_reference:
+        ref = reference_model(cfg, train, device, progress)
+        attack.prepare(train, ref, device, progress)
+    poisoned = attack.poison(train, progress)
+    seed_everything(cfg.seed)
+    model = spec.build()
+    history = train_model(model, poisoned, cfg.train, device, seed=cfg.seed, progress=progress)
+    metrics = evaluate(model, test, attack, device, progress=progress)
+    meta = {
+        "arch": spec.to_dict(),
+        "data": {"name": cfg.data.name, "image_shape": list(train.image_shape), "num_train": len(train),
+                 "normalization": {"mean": list(train.mean), "std": list(train.std), "input_range": [0, 1]}},
+        "attack": attack.config(),
+        "poison": {"num_poisoned": len(poisoned.poison_idx), "num_cross": len(poisoned.cross_idx)},
+        "train": to_dict(cfg.train),
+        "config": to_dict(cfg),
+        "metrics": metrics,
+        "history": history,
+        "seed": cfg.seed,
+        "wall_time": time.perf_counter() - t0,
+        **provenance(),
+    }
+    save_model(cfg.out, model, meta, attack.trigger_state())
+    log.info("saved %s: %s", cfg.out, metrics)
+    return meta
+
+
+def run_eval(path: str | Path, data_root: str | None = None, arch: str | None = None, device: str = "auto",
+             progress: ProgressFactory = null_progress) -> dict[str, float]:
+    """ACC, ASR, RA of the saved model at ``path`` on its dataset's test split."""
+    dev = resolve_device(device)
+    model, meta = load_model(path, arch)
+    data = meta.get("data") or {}
+    root = data_root or (meta.get("config") or {}).get("data", {}).get("root")
+    test = create_dataset(data.get("name", "cifar10"), root, "test")
+    attack = load_attack(path, meta)
+    return evaluate(model.to(dev), test, attack, dev, progress=progress)
