@@ -77,12 +77,12 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from onp.config import AttackRun, load_config
     from onp.runs import run_attack
 
+    clean = args.command == "train"
     cfg = load_config(AttackRun, args.config, _attack_overrides(args))
-    meta = run_attack(cfg, progress=_progress())
-    m = meta["metrics"]
+    meta = run_attack(cfg, progress=_progress(), clean=clean)
     print(f"saved {cfg.out}")
-    print_table([{"attack": cfg.attack.name, **m}], [("attack", "attack"), ("clean_acc", "ACC %"),
-                                                     ("asr", "ASR %"), ("ra", "RA %")])
+    print_table([{"attack": "none" if clean else cfg.attack.name, **meta["metrics"]}],
+                [("attack", "attack"), ("clean_acc", "ACC %"), ("asr", "ASR %"), ("ra", "RA %")])
     return 0
 
 
@@ -122,17 +122,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="onp", description="Remove backdoors from image classifiers (ONP).")
-    parser.add_argument("--version", action="version", version=f"onp {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("list", help="list registered datasets, models and attacks")
-    p.add_argument("what", nargs="?", choices=["datasets", "models", "attacks"])
-    p.set_defaults(func=cmd_list)
-
-    p = sub.add_parser("attack", help="train a backdoored model",
-                       description="Train a backdoored model. Precedence: defaults < --config YAML < flags.")
+def _attack_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file with keys of the AttackRun config")
     p.add_argument("--dataset")
     p.add_argument("--data-root")
@@ -153,6 +143,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. attack.params.alpha=0.1")
     _common(p)
     p.set_defaults(func=cmd_attack)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="onp", description="Remove backdoors from image classifiers (ONP).")
+    parser.add_argument("--version", action="version", version=f"onp {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list registered datasets, models and attacks")
+    p.add_argument("what", nargs="?", choices=["datasets", "models", "attacks"])
+    p.set_defaults(func=cmd_list)
+
+    for name, text in (("attack", "train a backdoored model"), ("train", "train a clean model (attack flags ignored)")):
+        _attack_parser(sub.add_parser(name, help=text, description=f"{text.capitalize()}. Precedence: defaults < "
+                                      "--config YAML < flags."))
 
     p = sub.add_parser("eval", help="ACC, ASR and RA of saved models")
     p.add_argument("models", nargs="+", help="model directories made by onp attack / defend / repair")

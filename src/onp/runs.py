@@ -65,32 +65,34 @@ def reference_model(cfg: AttackRun, train: ImageDataset, device: torch.device,
     return model
 
 
-def run_attack(cfg: AttackRun, progress: ProgressFactory = null_progress) -> dict[str, Any]:
-    """Train a backdoored model as ``cfg`` says, evaluate it, and save it to ``cfg.out``; return its metadata."""
+def run_attack(cfg: AttackRun, progress: ProgressFactory = null_progress, clean: bool = False) -> dict[str, Any]:
+    """Train a backdoored model as ``cfg`` says (a clean one with ``clean=True``), evaluate it, and save it to
+    ``cfg.out``; return its metadata."""
     t0 = time.perf_counter()
     set_threads(cfg.threads)
     device = resolve_device(cfg.device)
     train = create_dataset(cfg.data.name, cfg.data.root, "train", download=cfg.data.download)
     test = create_dataset(cfg.data.name, cfg.data.root, "test", download=cfg.data.download)
-    attack = create_attack(cfg.attack.name, train.num_classes, train.image_shape, target_label=cfg.attack.target_label,
-                           poison_rate=cfg.attack.poison_rate, all_to_all=cfg.attack.all_to_all, seed=cfg.seed,
-                           **cfg.attack.params)
+    attack = None if clean else create_attack(
+        cfg.attack.name, train.num_classes, train.image_shape, target_label=cfg.attack.target_label,
+        poison_rate=cfg.attack.poison_rate, all_to_all=cfg.attack.all_to_all, seed=cfg.seed, **cfg.attack.params)
     spec = arch_for(cfg, train)
     spec.build()  # fail on a bad architecture before any long work
-    if attack.needs_reference:
+    if attack is not None and attack.needs_reference:
         ref = reference_model(cfg, train, device, progress)
         attack.prepare(train, ref, device, progress)
-    poisoned = attack.poison(train, progress)
+    data = train if attack is None else attack.poison(train, progress)
     seed_everything(cfg.seed)
     model = spec.build()
-    history = train_model(model, poisoned, cfg.train, device, seed=cfg.seed, progress=progress)
+    history = train_model(model, data, cfg.train, device, seed=cfg.seed, progress=progress)
     metrics = evaluate(model, test, attack, device, progress=progress)
+    poison = None if attack is None else {"num_poisoned": len(data.poison_idx), "num_cross": len(data.cross_idx)}
     meta = {
         "arch": spec.to_dict(),
         "data": {"name": cfg.data.name, "image_shape": list(train.image_shape), "num_train": len(train),
                  "normalization": {"mean": list(train.mean), "std": list(train.std), "input_range": [0, 1]}},
-        "attack": attack.config(),
-        "poison": {"num_poisoned": len(poisoned.poison_idx), "num_cross": len(poisoned.cross_idx)},
+        "attack": None if attack is None else attack.config(),
+        "poison": poison,
         "train": to_dict(cfg.train),
         "config": to_dict(cfg),
         "metrics": metrics,
@@ -99,7 +101,7 @@ def run_attack(cfg: AttackRun, progress: ProgressFactory = null_progress) -> dic
         "wall_time": time.perf_counter() - t0,
         **provenance(),
     }
-    save_model(cfg.out, model, meta, attack.trigger_state())
+    save_model(cfg.out, model, meta, None if attack is None else attack.trigger_state())
     log.info("saved %s: %s", cfg.out, metrics)
     return meta
 
