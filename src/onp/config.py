@@ -140,7 +140,8 @@ def from_dict(cls: type[T], d: dict[str, Any], prefix: str = "") -> T:
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     unknown = [k for k in d if k not in names]
     if unknown:
-        raise OnpError(f"unknown config key {prefix}{unknown[0]!r}; valid keys: {', '.join(prefix + n for n in names)}")
+        valid = ", ".join(prefix + n for n in names)
+        raise OnpError(f"unknown config key {prefix + unknown[0]!r}; valid keys: {valid}")
     return cls(**{k: _coerce(v, hints[k], prefix + k) for k, v in d.items()})  # type: ignore[call-arg]
 
 

@@ -69,13 +69,14 @@ class LabelConsistent(Attack):
             raise OnpError("lc needs a clean reference model to craft its adversarial perturbations")
         poison_idx, _ = self.select(train.labels)
         reference = reference.to(device).eval()
+        g = torch.Generator().manual_seed(self.seed)  # PGD's random start, so a seed gives the same poison
         deltas = []
         with progress(total=len(poison_idx), desc="lc: PGD") as bar:
             for s in range(0, len(poison_idx), 250):
                 idx = poison_idx[s:s + 250]
                 x = train.float_images(idx).to(device)
                 y = train.labels[idx].to(device)
-                deltas.append((pgd(reference, x, y, self.eps, self.steps) - x).cpu())
+                deltas.append((pgd(reference, x, y, self.eps, self.steps, generator=g) - x).cpu())
                 bar.update(len(idx))
         self._delta = {"idx": poison_idx, "delta": torch.cat(deltas)}
 
