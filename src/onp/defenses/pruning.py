@@ -1,0 +1,155 @@
+"""Shared by every score-then-prune defense (Fine-Pruning, ANP, RNP, CLP, ONP): rank, pick how many, prune.
+
+How many neurons to prune is chosen from the defender's held-out clean images only: by default the largest
+prefix of the ranking whose clean accuracy stays within ``max_drop`` of the unpruned model's; a defense may
+instead maximize its own clean-data objective under the same bound (ONP), or use its paper's fixed threshold.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from abc import abstractmethod
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from onp.defenses.base import Defense, DefenseContext, DefenseData, DefenseResult, accuracy
+from onp.errors import OnpError
+from onp.graph.neurons import NeuronMask, Neurons, find_neurons, fold_mask
+
+log = logging.getLogger(__name__)
+
+SELECTION_RULES = ("bound", "threshold")
+GRANULARITIES = ("neuron", "group")
+
+
+def prefix_mask(neurons: Neurons, ranking: Tensor, k: int, granularity: str = "neuron") -> Tensor:
+    """Boolean (N,) selection of the first ``k`` neurons of ``ranking`` (widened to groups if asked)."""
+    sel = torch.zeros(len(neurons), dtype=torch.bool)
+    sel[ranking[:k]] = True
+    return neurons.expand_groups(sel) if granularity == "group" else sel
+
+
+def k_grid(n: int, max_fraction: float, points: int = 40) -> list[int]:
+    """Prefix sizes to try: dense near zero (where backdoor neurons sit), then evenly up to the maximum."""
+    kmax = max(1, int(max_fraction * n))
+    geo = torch.logspace(0, torch.log10(torch.tensor(float(kmax))), points // 2).round().long().tolist()
+    lin = torch.linspace(0, kmax, points // 2 + 1).round().long().tolist()
+    return sorted(set([0] + geo + lin))
+
+
+@torch.no_grad()
+def pruning_curve(model: nn.Module, neurons: Neurons, ranking: Tensor, ks: list[int],
+                  metric: Callable[[nn.Module], dict[str, float]], granularity: str = "neuron"
+                  ) -> list[dict[str, float]]:
+    """``metric`` of the model with each prefix of ``ranking`` masked out, for every ``k`` in ``ks``."""
+    mask = NeuronMask(neurons)
+    curve = []
+    with mask.applied():
+        for k in ks:
+            sel = prefix_mask(neurons, ranking, k, granularity)
+            mask.scale = (~sel).float()
+            curve.append({"k": k, "pruned": int(sel.sum()), **metric(model)})
+    return curve
+
+
+def choose_prefix(curve: list[dict[str, float]], max_drop: float, objective: str | None = None) -> dict[str, float]:
+    """The point of ``curve`` to stop at: among points whose ``clean_acc`` is within ``max_drop`` of the first,
+    the one with the largest ``objective`` (ties: fewer pruned), or with no objective the largest prefix."""
+    base = curve[0]["clean_acc"]
+    ok = [p for p in curve if p["clean_acc"] >= base - max_drop - 1e-9]
+    if objective is None:
+        return max(ok, key=lambda p: p["k"])
+    return max(ok, key=lambda p: (round(p[objective], 9), -p["k"]))
+
+
+def prune_copy(model: nn.Module, neurons: Neurons, selected: Tensor) -> nn.Module:
+    """A copy of ``model`` with the ``selected`` neurons folded to zero (no hooks needed afterwards)."""
+    out = copy.deepcopy(model)
+    modules = dict(out.named_modules())
+    remapped = copy.copy(neurons)
+    remapped.carriers = [copy.copy(c) for c in neurons.carriers]
+    for c in remapped.carriers:
+        c.module = modules[c.name]
+    fold_mask(remapped, (~selected).float())
+    return out
+
+
+def describe(neurons: Neurons, selected: Tensor) -> list[dict[str, Any]]:
+    return [neurons.describe(int(i)) for i in torch.nonzero(selected).flatten()]
+
+
+class ScorePruneDefense(Defense):
+    """Rank neurons by a suspicion score, prune a prefix chosen on held-out clean images, fold into weights.
+
+    Args:
+        selection: ``"bound"`` (default): the largest prefix whose held-out clean accuracy stays within
+            ``max_drop``; ``"threshold"``: every neuron whose score is at least ``threshold`` (a paper's rule).
+        max_drop: allowed clean-accuracy drop on the held-out clean images (default 0.02).
+        threshold: score threshold for ``selection="threshold"`` (default: the method's paper value).
+        max_fraction: never prune more than this fraction of the neurons (default 0.3).
+        granularity: ``"neuron"`` or ``"group"`` (coupled residual channels pruned together).
+    """
+
+    prunes = True
+    default_threshold: float | None = None
+
+    def __init__(self, selection: str = "bound", max_drop: float = 0.02, threshold: float | None = None,
+                 max_fraction: float = 0.3, granularity: str = "neuron") -> None:
+        if selection not in SELECTION_RULES:
+            raise OnpError(f"unknown selection {selection!r}; valid: {', '.join(SELECTION_RULES)}")
+        if granularity not in GRANULARITIES:
+            raise OnpError(f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")
+        if not 0 <= max_drop <= 1:
+            raise OnpError(f"max_drop must be in [0, 1], got {max_drop}")
+        self.selection, self.max_drop, self.max_fraction, self.granularity = selection, max_drop, max_fraction, \
+            granularity
+        self.threshold = threshold if threshold is not None else self.default_threshold
+
+    @abstractmethod
+    def scores(self, model: nn.Module, neurons: Neurons, data: DefenseData, ctx: DefenseContext) -> Tensor:
+        """(N,) suspicion per neuron: higher is pruned first; ``-inf`` is never pruned."""
+
+    def after_pruning(self, model: nn.Module, neurons: Neurons, selected: Tensor, data: DefenseData,
+                      ctx: DefenseContext) -> nn.Module:
+        """Hook for methods that fine-tune after pruning (Fine-Pruning); default: nothing."""
+        return model
+
+    def repair(self, model: nn.Module, data: DefenseData, ctx: DefenseContext) -> DefenseResult:
+        t0 = time.perf_counter()
+        model = model.to(ctx.device).eval()
+        neurons = find_neurons(model, data.x_fit[:1].to(ctx.device))
+        scores = self.scores(model, neurons, data, ctx).detach().cpu().float()
+        if scores.shape != (len(neurons),):
+            raise RuntimeError(f"{self.name}: {scores.shape[0]} scores for {len(neurons)} neurons")
+        eligible = torch.isfinite(scores) | (scores == float("inf"))
+        ranking = torch.argsort(torch.where(eligible, scores, torch.full_like(scores, -float("inf"))),
+                                descending=True, stable=True)
+        n_eligible = int(eligible.sum())
+        metric = lambda m: {"clean_acc": accuracy(m, data.x_val, data.y_val, ctx.device)}  # noqa: E731
+        if self.selection == "threshold":
+            k = int((scores >= self.threshold).sum()) if self.threshold is not None else 0
+            curve = pruning_curve(model, neurons, ranking, [0, k], metric, self.granularity)
+            chosen = curve[-1]
+        else:
+            ks = [k for k in k_grid(len(neurons), self.max_fraction) if k <= n_eligible]
+            curve = pruning_curve(model, neurons, ranking, ks, metric, self.granularity)
+            chosen = choose_prefix(curve, self.max_drop)
+        selected = prefix_mask(neurons, ranking, int(chosen["k"]), self.granularity)
+        repaired = prune_copy(model, neurons, selected)
+        repaired = self.after_pruning(repaired, neurons, selected, data, ctx)
+        log.info("%s: pruned %d of %d neurons (held-out clean acc %.4f -> %.4f)", self.name, int(selected.sum()),
+                 len(neurons), curve[0]["clean_acc"], chosen["clean_acc"])
+        report = {
+            "method": self.name, "params": self.params(), "num_neurons": len(neurons),
+            "num_pruned": int(selected.sum()), "pruned": describe(neurons, selected),
+            "ranking": ranking[:n_eligible].tolist(), "scores": scores.tolist(),
+            "selection_curve": curve, "chosen": chosen,
+            "clean_acc_defense_val": accuracy(repaired, data.x_val, data.y_val, ctx.device),
+            "wall_time": time.perf_counter() - t0,
+        }
+        return DefenseResult(repaired, report)

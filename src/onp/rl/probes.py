@@ -1,0 +1,167 @@
+"""Trigger-free backdoor probes, computed from the defender's clean images only.
+
+A backdoored model has a shortcut to its target class. Two probes look for it without the trigger:
+
+- a *universal adversarial perturbation* (Moosavi-Dezfooli et al. 2017), L-inf bounded and shared by all images;
+  on a backdoored model it tends to follow the backdoor, and the class it drives images to estimates the target
+  (the observation behind i-BAU, Zeng et al. 2022);
+- an *inverted patch trigger*, a mask and a pattern pasted into every image with an L1 penalty on the mask, as in
+  Neural Cleanse (Wang et al. 2019), aimed at that estimated class.
+
+Neither sees the real trigger, target label or test set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from onp.defenses.base import DefenseContext, batches
+
+
+@dataclass
+class Probe:
+    """A synthesized trigger: ``apply(x)`` pastes it; ``target`` is the class it drives images to."""
+
+    kind: str
+    target: int
+    delta: Tensor | None = None  # additive (C, H, W)
+    mask: Tensor | None = None  # (1, H, W) in [0, 1]
+    pattern: Tensor | None = None  # (C, H, W) in [0, 1]
+
+    def apply(self, x: Tensor) -> Tensor:
+        if self.delta is not None:
+            x = x + self.delta.to(x.device)
+        if self.mask is not None:
+            m = self.mask.to(x.device)
+            x = (1 - m) * x + m * self.pattern.to(x.device)
+        return x.clamp(0, 1)
+
+
+def _freeze(model: nn.Module) -> list[bool]:
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return flags
+
+
+def _unfreeze(model: nn.Module, flags: list[bool]) -> None:
+    for p, f in zip(model.parameters(), flags):
+        p.requires_grad_(f)
+
+
+def universal_perturbation(model: nn.Module, x: Tensor, y: Tensor, ctx: DefenseContext, eps: float = 8 / 255,
+                           steps: int = 60, batch_size: int = 128, target: int | None = None) -> Tensor:
+    """An L-inf universal perturbation: untargeted (raise the loss of the true labels) or toward ``target``."""
+    model.eval()
+    flags = _freeze(model)
+    g = torch.Generator().manual_seed(ctx.seed + 11)
+    delta = torch.zeros(x.shape[1:], device=ctx.device, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=eps / 10)
+    try:
+        step = 0
+        while step < steps:
+            for idx in batches(len(x), batch_size, g):
+                if step >= steps:
+                    break
+                xb, yb = x[idx].to(ctx.device), y[idx].to(ctx.device)
+                logits = model((xb + delta).clamp(0, 1))
+                if target is None:
+                    loss = -F.cross_entropy(logits, yb)
+                else:
+                    keep = yb != target
+                    loss = F.cross_entropy(logits[keep], torch.full_like(yb[keep], target))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    delta.clamp_(-eps, eps)
+                step += 1
+    finally:
+        _unfreeze(model, flags)
+    return delta.detach().cpu()
+
+
+@torch.no_grad()
+def dominant_class(model: nn.Module, x: Tensor, y: Tensor, probe_apply, device: torch.device,  # noqa: ANN001
+                   num_classes: int) -> tuple[int, float]:
+    """The class the probe sends most images of *other* classes to, and that fraction."""
+    model.eval()
+    pred = torch.cat([model(probe_apply(x[s:s + 500]).to(device)).argmax(1).cpu() for s in range(0, len(x), 500)])
+    rates = []
+    for c in range(num_classes):
+        other = y != c
+        rates.append(((pred == c) & other).sum().item() / max(int(other.sum()), 1))
+    c = int(torch.tensor(rates).argmax())
+    return c, rates[c]
+
+
+def invert_patch(model: nn.Module, x: Tensor, y: Tensor, target: int, ctx: DefenseContext, steps: int = 150,
+                 l1: float = 0.01, batch_size: int = 128) -> Probe:
+    """A Neural-Cleanse-style mask and pattern that send clean images of other classes to ``target``."""
+    model.eval()
+    flags = _freeze(model)
+    c, h, w = x.shape[1:]
+    g = torch.Generator().manual_seed(ctx.seed + 13)
+    mask_logit = torch.full((1, h, w), -3.0, device=ctx.device).requires_grad_(True)
+    pattern_logit = (torch.randn((c, h, w), generator=g) * 0.1).to(ctx.device).requires_grad_(True)
+    opt = torch.optim.Adam([mask_logit, pattern_logit], lr=0.1)
+    keep = y != target
+    xs = x[keep]
+    try:
+        step = 0
+        while step < steps:
+            for idx in batches(len(xs), batch_size, g):
+                if step >= steps:
+                    break
+                xb = xs[idx].to(ctx.device)
+                m, p = torch.sigmoid(mask_logit), torch.sigmoid(pattern_logit)
+                logits = model((1 - m) * xb + m * p)
+                loss = F.cross_entropy(logits, torch.full((len(xb),), target, device=ctx.device)) + l1 * m.sum()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                step += 1
+    finally:
+        _unfreeze(model, flags)
+    return Probe("patch", target, mask=torch.sigmoid(mask_logit).detach().cpu(),
+                 pattern=torch.sigmoid(pattern_logit).detach().cpu())
+
+
+@dataclass
+class ProbeSet:
+    """The probes of one model and the target class they agree on."""
+
+    target: int
+    probes: list[Probe]
+    rates: dict[str, float]
+
+
+def make_probes(model: nn.Module, x: Tensor, y: Tensor, num_classes: int, ctx: DefenseContext,
+                eps: float = 8 / 255, uap_steps: int = 60, patch_steps: int = 150) -> ProbeSet:
+    """Estimate the target class with an untargeted universal perturbation, then build a targeted universal
+    perturbation and an inverted patch trigger toward it."""
+    untargeted = universal_perturbation(model, x, y, ctx, eps, uap_steps)
+    target, rate_u = dominant_class(model, x, y, lambda v: (v + untargeted).clamp(0, 1), ctx.device, num_classes)
+    targeted = Probe("uap", target, delta=universal_perturbation(model, x, y, ctx, eps, uap_steps, target=target))
+    patch = invert_patch(model, x, y, target, ctx, patch_steps)
+    rates = {"untargeted_uap": rate_u}
+    for p in (targeted, patch):
+        rates[p.kind] = probe_rate(model, x, y, p, ctx.device)
+    return ProbeSet(target, [targeted, patch], rates)
+
+
+@torch.no_grad()
+def probe_rate(model: nn.Module, x: Tensor, y: Tensor, probe: Probe, device: torch.device) -> float:
+    """Fraction of the images not of the probe's target class that the probe sends to it."""
+    keep = y != probe.target
+    xs = x[keep]
+    if not len(xs):
+        return 0.0
+    model.eval()
+    hits = sum((model(probe.apply(xs[s:s + 500]).to(device)).argmax(1) == probe.target).sum().item()
+               for s in range(0, len(xs), 500))
+    return hits / len(xs)

@@ -1,0 +1,72 @@
+"""The reward of a pruning set, from the defender's clean images only.
+
+``R(S) = clean_acc(S) - lam * probe_rate(S) - rho * |S| / N - kappa * max(0, acc0 - max_drop - clean_acc(S))``
+
+``clean_acc`` is measured on clean images; ``probe_rate`` is how often the trigger-free probes
+(:mod:`onp.rl.probes`) still send clean images of other classes to the class they found: removing the backdoor
+neurons breaks that shortcut. The size term prefers small pruning sets; the last term makes a clean-accuracy
+loss beyond the allowed drop expensive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from onp.graph.neurons import NeuronMask, Neurons
+from onp.rl.probes import ProbeSet
+
+
+@dataclass
+class RewardConfig:
+    """Weights of the reward terms."""
+
+    lam: float = 1.0
+    """Weight of the probe rate."""
+    rho: float = 0.1
+    """Weight of the pruned fraction."""
+    kappa: float = 5.0
+    """Weight of the clean-accuracy loss beyond ``max_drop``."""
+    max_drop: float = 0.02
+    """Clean-accuracy drop allowed before the penalty starts."""
+
+
+class CleanReward:
+    """Evaluates ``R(S)`` for boolean pruning masks on a fixed set of clean images and their probed copies."""
+
+    def __init__(self, model: nn.Module, neurons: Neurons, x: Tensor, y: Tensor, probes: ProbeSet,
+                 device: torch.device, cfg: RewardConfig | None = None) -> None:
+        self.model, self.neurons, self.device, self.cfg = model.eval(), neurons, device, cfg or RewardConfig()
+        self.x, self.y = x.to(device), y.to(device)
+        keep = y != probes.target
+        self.x_probe = torch.cat([p.apply(x[keep]) for p in probes.probes]).to(device)
+        self.target = probes.target
+        self.mask = NeuronMask(neurons)
+        self.evaluations = 0
+        self.acc0 = self.measure(torch.zeros(len(neurons), dtype=torch.bool))["clean_acc"]
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Clean accuracy and probe rate of ``model`` as it is (masks, if any, already applied)."""
+        acc = (model(self.x).argmax(1) == self.y).float().mean().item()
+        rate = (model(self.x_probe).argmax(1) == self.target).float().mean().item() if len(self.x_probe) else 0.0
+        self.evaluations += 1
+        return {"clean_acc": acc, "probe_rate": rate}
+
+    def measure(self, selected: Tensor) -> dict[str, float]:
+        self.mask.scale = (~selected).float()
+        with self.mask.applied():
+            m = self.evaluate(self.model)
+        return {**m, "pruned_fraction": float(selected.float().mean())}
+
+    def value(self, m: dict[str, float], acc0: float | None = None) -> float:
+        c = self.cfg
+        acc0 = self.acc0 if acc0 is None else acc0
+        return (m["clean_acc"] - c.lam * m["probe_rate"] - c.rho * m["pruned_fraction"]
+                - c.kappa * max(0.0, acc0 - c.max_drop - m["clean_acc"]))
+
+    def __call__(self, selected: Tensor) -> tuple[float, dict[str, float]]:
+        m = self.measure(selected)
+        return self.value(m), m
