@@ -50,7 +50,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     from onp.data import list_datasets
     from onp.models import list_models
 
-    groups = {"datasets": list_datasets, "models": list_models, "attacks": list_attacks}
+    from onp.defenses import list_defenses
+
+    groups = {"datasets": list_datasets, "models": list_models, "attacks": list_attacks, "defenses": list_defenses}
     for name, fn in groups.items():
         if args.what in (None, name):
             print(f"{name}: {', '.join(fn())}")
@@ -104,12 +106,62 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _defense_params(args: argparse.Namespace) -> dict[str, Any]:
+    from onp.config import parse_set
+
+    return parse_set(args.set or [])
+
+
+def _before_after(report: dict[str, Any]) -> None:
+    m = report.get("metrics")
+    if not m:
+        return
+    rows = [{"model": "before", **m["before"]}, {"model": f"after {report['method']}", **m["after"]}]
+    print_table(rows, [("model", "model"), ("clean_acc", "ACC %"), ("asr", "ASR %"), ("ra", "RA %")])
+
+
+def cmd_defend(args: argparse.Namespace) -> int:
+    from onp.repair import run_defend
+    from onp.utils.runtime import set_threads
+
+    set_threads(args.threads)
+    report = run_defend(args.model, args.method, _defense_params(args), args.out, data_root=args.data_root,
+                        defense_size=args.defense_size, defense_fraction=args.defense_fraction, seed=args.seed,
+                        device=args.device, arch=args.arch, evaluate_after=not args.no_eval, progress=_progress())
+    print(f"saved {args.out} ({report.get('num_pruned', '-')} neurons pruned, {report['wall_time']:.0f} s)")
+    _before_after(report)
+    return 0
+
+
+def _floats(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise OnpError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    from onp.repair import run_repair
+    from onp.utils.runtime import set_threads
+
+    set_threads(args.threads)
+    report = run_repair(args.arch, args.weights, args.clean, args.out, args.method, _defense_params(args),
+                        input_size=args.input_size, resize=args.resize, mean=_floats(args.mean),
+                        std=_floats(args.std), seed=args.seed, device=args.device, progress=_progress())
+    print(f"saved {args.out}: {report.get('num_pruned', '-')} of {report.get('num_neurons', '-')} neurons pruned "
+          f"in {report['wall_time']:.0f} s; clean accuracy on held-out clean images "
+          f"{100 * report['clean_acc_defense_val']:.2f}%")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from onp.demo import run_demo
 
     rows = run_demo(args.out, progress=_progress())
     print()
-    print("digits (scikit-learn), small CNN, BadNets 10% poison, target 0:")
+    print("digits (scikit-learn), small CNN, BadNets 10% poison, target 0; ONP with 200 clean images:")
     print_table(rows, [("model", "model"), ("clean_acc", "ACC %"), ("asr", "ASR %"), ("ra", "RA %"),
                        ("seconds", "seconds")])
     return 0
@@ -151,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="list registered datasets, models and attacks")
-    p.add_argument("what", nargs="?", choices=["datasets", "models", "attacks"])
+    p.add_argument("what", nargs="?", choices=["datasets", "models", "attacks", "defenses"])
     p.set_defaults(func=cmd_list)
 
     for name, text in (("attack", "train a backdoored model"), ("train", "train a clean model (attack flags ignored)")):
@@ -165,6 +217,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _common(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("defend", help="repair a model made by onp attack, then evaluate it")
+    p.add_argument("model", help="model directory (from onp attack)")
+    p.add_argument("--method", default="onp", help="defense name (onp list defenses)")
+    p.add_argument("--out", required=True, help="output directory of the repaired model")
+    p.add_argument("--data-root", help="dataset folder (default: the one recorded in the model)")
+    p.add_argument("--defense-size", type=int, default=500, help="clean images, class-balanced (default 500)")
+    p.add_argument("--defense-fraction", type=float, help="or a fraction of the training set (0.01 = 1%%)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the clean split and the defense")
+    p.add_argument("--arch", help="the user architecture file, for models that use one")
+    p.add_argument("--no-eval", action="store_true", help="skip the test-set evaluation afterwards")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="defense hyperparameter, e.g. updates=20")
+    _common(p)
+    p.set_defaults(func=cmd_defend)
+
+    p = sub.add_parser("repair", help="repair your own model with a folder of clean images")
+    p.add_argument("--arch", required=True, help="registry name or path/to/file.py:factory")
+    p.add_argument("--weights", required=True, help="model.safetensors (or a .pt/.pth state dict, loaded safely)")
+    p.add_argument("--clean", required=True, help="folder of clean images in class subfolders")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--method", default="onp", help="defense name (default onp)")
+    p.add_argument("--input-size", type=int, help="image side the model takes (default: from model.json, if any)")
+    p.add_argument("--resize", action="store_true", help="resize the clean images to --input-size")
+    p.add_argument("--mean", help="normalization mean, comma-separated, if the model expects normalized input")
+    p.add_argument("--std", help="normalization std, comma-separated")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="defense hyperparameter")
+    _common(p)
+    p.set_defaults(func=cmd_repair)
 
     p = sub.add_parser("demo", help="offline demo on scikit-learn digits (about a minute)")
     p.add_argument("--out", default="runs/demo", help="where the demo's models go (default runs/demo)")

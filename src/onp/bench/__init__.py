@@ -1,0 +1,1 @@
+"""The benchmark (every defense against every attack) and its report: tables and plots."""
