@@ -102,6 +102,17 @@ def load_model(path: str | Path, arch: str | None = None) -> tuple[nn.Module, di
     elif arch is not None and arch != spec.name:
         raise OnpError(f"{d} holds a {spec.name!r} model, not {arch!r}")
     model = spec.build()
+    history = (meta.get("slim") or {}).get("pruning_history")
+    if history:  # a physically slimmed model: replay its channel removals on the fresh architecture
+        from onp.graph.slim import replay_history
+
+        shape = (meta.get("data") or {}).get("image_shape")
+        if not shape:
+            raise OnpError(f"{d} is a slimmed model without data.image_shape in its metadata")
+        try:
+            replay_history(model.eval(), history, torch.zeros(1, *shape))
+        except Exception as e:  # noqa: BLE001 - a history that does not fit this architecture
+            raise OnpError(f"cannot replay the pruning history of {d} on {spec.name!r}: {e}") from None
     load_weights(model, load_tensors(d / WEIGHTS), d / WEIGHTS)
     model.eval()
     return model, meta

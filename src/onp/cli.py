@@ -127,7 +127,8 @@ def cmd_defend(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     report = run_defend(args.model, args.method, _defense_params(args), args.out, data_root=args.data_root,
                         defense_size=args.defense_size, defense_fraction=args.defense_fraction, seed=args.seed,
-                        device=args.device, arch=args.arch, evaluate_after=not args.no_eval, progress=_progress())
+                        device=args.device, arch=args.arch, evaluate_after=not args.no_eval, slim=args.slim,
+                        progress=_progress())
     print(f"saved {args.out} ({report.get('num_pruned', '-')} neurons pruned, {report['wall_time']:.0f} s)")
     _before_after(report)
     return 0
@@ -149,7 +150,8 @@ def cmd_repair(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     report = run_repair(args.arch, args.weights, args.clean, args.out, args.method, _defense_params(args),
                         input_size=args.input_size, resize=args.resize, mean=_floats(args.mean),
-                        std=_floats(args.std), seed=args.seed, device=args.device, progress=_progress())
+                        std=_floats(args.std), seed=args.seed, device=args.device, slim=args.slim,
+                        progress=_progress())
     print(f"saved {args.out}: {report.get('num_pruned', '-')} of {report.get('num_neurons', '-')} neurons pruned "
           f"in {report['wall_time']:.0f} s; clean accuracy on held-out clean images "
           f"{100 * report['clean_acc_defense_val']:.2f}%")
@@ -228,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seeds the clean split and the defense")
     p.add_argument("--arch", help="the user architecture file, for models that use one")
     p.add_argument("--no-eval", action="store_true", help="skip the test-set evaluation afterwards")
+    p.add_argument("--slim", action="store_true", help="physically remove pruned channels (Torch-Pruning)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="defense hyperparameter, e.g. updates=20")
     _common(p)
     p.set_defaults(func=cmd_defend)
@@ -243,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mean", help="normalization mean, comma-separated, if the model expects normalized input")
     p.add_argument("--std", help="normalization std, comma-separated")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--slim", action="store_true", help="physically remove pruned channels (Torch-Pruning)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="defense hyperparameter")
     _common(p)
     p.set_defaults(func=cmd_repair)

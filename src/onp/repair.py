@@ -48,10 +48,29 @@ def _write_outputs(out: Path, model: nn.Module, meta: dict[str, Any], report: di
             plot_reward_curve(curve, tmp / "reward_curve.png", title=report.get("method", ""))
 
 
+def slim_result(model: nn.Module, report: dict[str, Any], example: torch.Tensor) -> tuple[nn.Module, dict[str, Any]]:
+    """Physically remove what a pruning defense pruned; return the slim model and its metadata entry."""
+    from onp.graph import find_neurons
+    from onp.graph.slim import num_parameters, slim_model
+
+    if "pruned" not in report:
+        raise OnpError(f"--slim needs a pruning defense; {report.get('method')!r} does not prune")
+    neurons = find_neurons(model, example)
+    index = {(c.name, ch): neurons.offsets[k] + ch for k, c in enumerate(neurons.carriers) for ch in range(c.size)}
+    selected = torch.zeros(len(neurons), dtype=torch.bool)
+    for p in report["pruned"]:
+        selected[index[(p["layer"], p["index"])]] = True
+    slim, history = slim_model(model, neurons, selected, example)
+    entry = {"pruning_history": history, "parameters_before": num_parameters(model),
+             "parameters_after": num_parameters(slim)}
+    log.info("slimmed: %d -> %d parameters", entry["parameters_before"], entry["parameters_after"])
+    return slim, entry
+
+
 def run_defend(model_path: str | Path, method: str, params: dict[str, Any], out: str | Path,
                data_root: str | None = None, defense_size: int | None = 500, defense_fraction: float | None = None,
                seed: int = 0, device: str = "auto", arch: str | None = None, evaluate_after: bool = True,
-               progress: ProgressFactory = null_progress) -> dict[str, Any]:
+               slim: bool = False, progress: ProgressFactory = null_progress) -> dict[str, Any]:
     """Defend a model made by ``onp attack``: draw the class-balanced clean split from its training set, run the
     defense, save the repaired model, then (only after the defense has finished) evaluate on the test set."""
     dev = resolve_device(device)
@@ -70,6 +89,9 @@ def run_defend(model_path: str | Path, method: str, params: dict[str, Any], out:
                                      report.get("num_pruned"), "wall_time": report["wall_time"], "seed": seed},
                 "source_model": str(model_path), **provenance()}
     new_meta.pop("metrics", None)
+    if slim:
+        result.model, new_meta["slim"] = slim_result(result.model, result.report, data.x_fit[:1].to(dev))
+        report["slim"] = {k: v for k, v in new_meta["slim"].items() if k != "pruning_history"}
     if evaluate_after:
         test = create_dataset(data_meta.get("name", "cifar10"), root, "test")
         attack = load_attack(model_path, meta)
@@ -137,7 +159,7 @@ def check_classifier(model: nn.Module, clean: ImageDataset, input_size: int | No
 def run_repair(arch: str, weights: str | Path, clean_dir: str | Path, out: str | Path, method: str = "onp",
                params: dict[str, Any] | None = None, input_size: int | None = None, resize: bool = False,
                mean: list[float] | None = None, std: list[float] | None = None, seed: int = 0, device: str = "auto",
-               progress: ProgressFactory = null_progress) -> dict[str, Any]:
+               slim: bool = False, progress: ProgressFactory = null_progress) -> dict[str, Any]:
     """Repair a user's model with a folder of clean images (class subfolders); write weights and a report."""
     dev = resolve_device(device)
     meta_path = Path(weights).with_name("model.json")
@@ -148,12 +170,15 @@ def run_repair(arch: str, weights: str | Path, clean_dir: str | Path, out: str |
     model, spec = build_user_model(arch, weights, clean.num_classes, clean.image_shape[0], mean, std)
     check_classifier(model, clean, input_size)
     defense = create_defense(method, **(params or {}))
-    result, _ = _run(defense, model, clean, seed, dev, progress)
+    result, data = _run(defense, model, clean, seed, dev, progress)
     meta = {"arch": spec.to_dict(), "data": {"name": "imagefolder", "image_shape": list(clean.image_shape),
                                              "classes": clean.classes},
             "defense": {"method": method, "params": defense.params(), "num_pruned": result.report.get("num_pruned"),
                         "wall_time": result.report["wall_time"], "seed": seed},
             "source_weights": str(weights), **provenance()}
     report = {**result.report, "defense_data": {"size": len(clean), "folder": str(clean_dir)}}
+    if slim:
+        result.model, meta["slim"] = slim_result(result.model, result.report, data.x_fit[:1].to(dev))
+        report["slim"] = {k: v for k, v in meta["slim"].items() if k != "pruning_history"}
     _write_outputs(Path(out), result.model, meta, report)
     return report

@@ -19,7 +19,7 @@ def register_defense(cls: type[Defense]) -> type[Defense]:
     return DEFENSES.register(cls.name)(cls)
 
 
-from onp.defenses import anp, clp, finetune, fineprune, rnp  # noqa: E402,F401  (registration)
+from onp.defenses import anp, clp, finetune, fineprune, ibau, nad, rnp  # noqa: E402,F401  (registration)
 from onp.defenses import onp as _onp  # noqa: E402,F401
 
 
