@@ -58,20 +58,23 @@ class ONP(Defense):
         lam, rho: reward weights (see :class:`~onp.rl.reward.RewardConfig`).
         uap_eps: L-inf bound of the universal perturbation probe (default 8/255).
         anp_iterations: ANP steps for the ANP feature (default 100).
+        reward_images: clean (and probed) images per reward evaluation during the search (default 128).
     """
 
     name = "onp"
     prunes = True
 
     def __init__(self, max_drop: float = 0.02, granularity: str = "neuron", max_fraction: float = 0.3, rl: bool = True,
-                 gnn: bool = True, updates: int = 30, episodes_per_update: int = 8, steps: int = 4, lam: float = 1.0,
-                 rho: float = 0.1, uap_eps: float = 8 / 255, anp_iterations: int = 100) -> None:
+                 gnn: bool = True, updates: int = 20, episodes_per_update: int = 8, steps: int = 3, lam: float = 1.0,
+                 rho: float = 0.1, uap_eps: float = 8 / 255, anp_iterations: int = 100, reward_images: int = 128
+                 ) -> None:
         if granularity not in GRANULARITIES:
             raise OnpError(f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")
         self.max_drop, self.granularity, self.max_fraction, self.rl, self.gnn = max_drop, granularity, max_fraction, \
             rl, gnn
         self.updates, self.episodes_per_update, self.steps = updates, episodes_per_update, steps
         self.lam, self.rho, self.uap_eps, self.anp_iterations = lam, rho, uap_eps, anp_iterations
+        self.reward_images = reward_images
 
     def repair(self, model: nn.Module, data: DefenseData, ctx: DefenseContext) -> DefenseResult:
         t0 = time.perf_counter()
@@ -87,7 +90,8 @@ class ONP(Defense):
         rcfg = RewardConfig(lam=self.lam, rho=self.rho, max_drop=self.max_drop)
         history: list[dict[str, float]] = []
         if self.rl:
-            reward = CleanReward(model, neurons, data.x_fit, data.y_fit, probes, ctx.device, rcfg)
+            reward = CleanReward(model, neurons, data.x_fit, data.y_fit, probes, ctx.device, rcfg,
+                                 max_images=self.reward_images, seed=ctx.seed)
             acfg = AgentConfig(updates=self.updates, episodes_per_update=self.episodes_per_update, steps=self.steps,
                                gnn=self.gnn)
             result = search(feats, graph.edge_index, graph.edge_attr[:, 0], reward, acfg, ctx.seed, ctx.progress)

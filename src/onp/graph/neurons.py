@@ -168,12 +168,20 @@ def _call_order(model: nn.Module, example: Tensor) -> dict[nn.Module, int]:
 
 
 def _carrier_of(dg: tp.DependencyGraph, producer: nn.Module) -> nn.Module:
-    """The norm right after ``producer`` when there is one (its channels are the neurons), else ``producer``."""
+    """The norm right after ``producer`` when it is the producer's only reader (its channels are the neurons),
+    else ``producer``.
+
+    A norm that shares the producer's output with another reader (the stem conv of a pre-activation ResNet
+    feeds both the first block's BatchNorm and its identity shortcut) would leave the other path unmasked, so
+    the producer itself carries the neurons then.
+    """
     node = dg.module2node.get(producer)
     if node is not None:
-        for out in node.outputs:
-            if isinstance(out.module, _NORMS) and not isinstance(out.module, (nn.LayerNorm, nn.GroupNorm)):
-                return out.module
+        readers = {out.module for out in node.outputs}
+        if len(readers) == 1:
+            (reader,) = readers
+            if isinstance(reader, _NORMS) and not isinstance(reader, (nn.LayerNorm, nn.GroupNorm)):
+                return reader
     return producer
 
 

@@ -27,11 +27,11 @@ log = logging.getLogger(__name__)
 class AgentConfig:
     """The search: episodes, moves and the optimizer."""
 
-    updates: int = 30
+    updates: int = 20
     """Policy updates."""
     episodes_per_update: int = 8
     """Episodes per update (the batch of the baseline)."""
-    steps: int = 4
+    steps: int = 3
     """Moves per episode."""
     budgets: list[float] = field(default_factory=lambda: [0.0, 0.0025, 0.005, 0.01, 0.02, 0.04])
     """Fractions of the neurons a move may prune."""

@@ -37,11 +37,25 @@ class CleanReward:
     """Evaluates ``R(S)`` for boolean pruning masks on a fixed set of clean images and their probed copies."""
 
     def __init__(self, model: nn.Module, neurons: Neurons, x: Tensor, y: Tensor, probes: ProbeSet,
-                 device: torch.device, cfg: RewardConfig | None = None) -> None:
+                 device: torch.device, cfg: RewardConfig | None = None, max_images: int | None = None,
+                 seed: int = 0) -> None:
+        """``max_images`` caps the clean images (and, split over the probes, the probed images) evaluated per
+        call, drawn once with ``seed``: the search calls the reward hundreds of times."""
         self.model, self.neurons, self.device, self.cfg = model.eval(), neurons, device, cfg or RewardConfig()
-        self.x, self.y = x.to(device), y.to(device)
-        keep = y != probes.target
-        self.x_probe = torch.cat([p.apply(x[keep]) for p in probes.probes]).to(device)
+        g = torch.Generator().manual_seed(seed)
+        if max_images is not None and len(x) > max_images:
+            pick = torch.randperm(len(x), generator=g)[:max_images].sort().values
+            clean_x, clean_y = x[pick], y[pick]
+        else:
+            clean_x, clean_y = x, y
+        self.x, self.y = clean_x.to(device), clean_y.to(device)
+        others = x[y != probes.target]
+        per_probe = len(others) if max_images is None else max(1, max_images // max(len(probes.probes), 1))
+        parts = []
+        for p in probes.probes:
+            pick = torch.randperm(len(others), generator=g)[:per_probe]
+            parts.append(p.apply(others[pick]))
+        self.x_probe = torch.cat(parts).to(device) if parts else others[:0].to(device)
         self.target = probes.target
         self.mask = NeuronMask(neurons)
         self.evaluations = 0
