@@ -129,7 +129,10 @@ def test_argparse_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 def test_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["list"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    expected = {"datasets": list_datasets(), "models": list_models(), "attacks": list_attacks()}
+    from onp.defenses import list_defenses
+
+    expected = {"datasets": list_datasets(), "models": list_models(), "attacks": list_attacks(),
+                "defenses": list_defenses()}
     assert [line.split(":")[0] for line in lines] == list(expected)
     for line, names in zip(lines, expected.values()):
         assert line.split(": ", 1)[1].split(", ") == names

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
@@ -158,6 +159,31 @@ def cmd_repair(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from onp.bench.grid import load_bench
+    from onp.bench.runner import run_bench
+    from onp.config import parse_set
+
+    cfg = load_bench(args.config, parse_set(args.set or []))
+    results = args.results or str(Path(args.config).with_suffix(".jsonl"))
+    rows = run_bench(cfg, results, executor=args.executor, address=args.address, progress=_progress(),
+                     show_cell_progress=not args.quiet, max_cells=args.max_cells)
+    print(f"{len(rows)} rows in {results}")
+    print_table([{"attack": r["attack"]["name"], "defense": r["defense"], "seed": r["seed"], **{
+        k: r[k] for k in ("clean_acc", "asr", "ra", "der", "wall_time")}} for r in rows],
+        [("attack", "attack"), ("defense", "defense"), ("seed", "seed"), ("clean_acc", "ACC %"), ("asr", "ASR %"),
+         ("ra", "RA %"), ("der", "DER %"), ("wall_time", "seconds")])
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from onp.bench.report import write_report
+
+    out = write_report(args.results, args.out, title=args.title, command=args.command_line)
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from onp.demo import run_demo
 
@@ -250,6 +276,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="defense hyperparameter")
     _common(p)
     p.set_defaults(func=cmd_repair)
+
+    p = sub.add_parser("bench", help="run a benchmark grid (resumable)")
+    p.add_argument("config", help="benchmark YAML, e.g. benchmarks/cifar10_cpu.yaml")
+    p.add_argument("--results", help="JSON-lines results file (default: CONFIG with .jsonl)")
+    p.add_argument("--executor", default="local", help="local (default) or ray")
+    p.add_argument("--address", help="Ray cluster address (default: start a local one)")
+    p.add_argument("--max-cells", type=int, help="stop after this many new cells")
+    p.add_argument("--quiet", action="store_true", help="no progress bar for the cell in flight")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("report", help="Markdown, HTML and plots from benchmark results")
+    p.add_argument("results", help="JSON-lines results of onp bench")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--title", help="report name (default: the benchmark's)")
+    p.add_argument("--command-line", help="the command that made the results, printed in the report")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="offline demo on scikit-learn digits (about a minute)")
     p.add_argument("--out", default="runs/demo", help="where the demo's models go (default runs/demo)")

@@ -34,3 +34,100 @@ def plot_reward_curve(history: list[dict[str, Any]], path: str | Path, title: st
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _by(rows: list[dict[str, Any]], key: str) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(str(r[key]), []).append(r)
+    return out
+
+
+def plot_asr_vs_acc(rows: list[dict[str, Any]], path: str | Path) -> None:
+    """Every cell as a point (clean accuracy, attack success), one marker per defense; the corner at high ACC
+    and low ASR is where a defense should land."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    markers = "osD^vP*XhH<>"
+    for i, (name, rs) in enumerate(sorted(_by(rows, "defense").items())):
+        ax.scatter([100 * r["clean_acc"] for r in rs], [100 * r["asr"] for r in rs], label=name,
+                   marker=markers[i % len(markers)], alpha=0.8)
+    before = {r["model_id"]: r["before"] for r in rows}
+    ax.scatter([100 * b["clean_acc"] for b in before.values()], [100 * b["asr"] for b in before.values()],
+               label="no defense", marker="x", color="black")
+    ax.set_xlabel("clean accuracy (%)")
+    ax.set_ylabel("attack success rate (%)")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_bars(table: dict[str, dict[str, tuple[float, float]]], attacks: list[str], defenses: list[str],
+              metric: str, path: str | Path) -> None:
+    """Grouped bars: ``metric`` (mean with std error bars over seeds) per attack, one bar per defense."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(attacks) + 2), 3.8))
+    width = 0.8 / max(len(defenses), 1)
+    for j, d in enumerate(defenses):
+        xs = [i + j * width for i in range(len(attacks))]
+        vals = [table.get(a, {}).get(d, (float("nan"), 0.0)) for a in attacks]
+        ax.bar(xs, [100 * v[0] for v in vals], width, yerr=[100 * v[1] for v in vals], label=d, capsize=2)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(attacks))], attacks, rotation=20)
+    ax.set_ylabel(f"{metric} (%)")
+    ax.legend(fontsize=7, ncol=min(len(defenses), 5))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_reward_curves(rows: list[dict[str, Any]], path: str | Path) -> None:
+    """ONP's mean episode return over policy updates, one line per model and seed."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for r in rows:
+        curve = r.get("reward_curve") or []
+        if curve:
+            ax.plot([h["update"] for h in curve], [h["reward/mean"] for h in curve],
+                    label=f"{r['attack']['name']} s{r['seed']}", alpha=0.8)
+    ax.set_xlabel("policy update")
+    ax.set_ylabel("mean episode return")
+    ax.legend(fontsize=6, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_pruning_curves(rows: list[dict[str, Any]], path: str | Path) -> None:
+    """Test ACC (solid) and ASR (dashed) against neurons pruned, one panel per attack, one color per defense."""
+    plt = _plt()
+    by_attack = _by([r for r in rows if r.get("pruning_curve")], "model_id")
+    if not by_attack:
+        return
+    n = len(by_attack)
+    cols = min(4, n)
+    rws = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rws, cols, figsize=(3.4 * cols, 2.8 * rws), squeeze=False)
+    colors = {}
+    for ax, (mid, rs) in zip(axes.flat, sorted(by_attack.items())):
+        for r in rs:
+            if r["seed"] != min(x["seed"] for x in rs):
+                continue
+            c = colors.setdefault(r["defense"], f"C{len(colors) % 10}")
+            pts = r["pruning_curve"]
+            ax.plot([p["pruned"] for p in pts], [100 * p["clean_acc"] for p in pts], color=c, label=r["defense"])
+            ax.plot([p["pruned"] for p in pts], [100 * p["asr"] for p in pts], color=c, linestyle="--")
+        ax.set_title(rs[0]["attack"]["name"], fontsize=9)
+        ax.set_xlabel("neurons pruned", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="lower right")
+    fig.suptitle("test ACC (solid) and ASR (dashed) against neurons pruned, first seed", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

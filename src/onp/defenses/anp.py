@@ -26,6 +26,7 @@ def anp_masks(model: nn.Module, neurons: Neurons, x: Tensor, y: Tensor, ctx: Def
     """
     device = ctx.device
     model.eval()
+    flags = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)
     n = len(neurons)
@@ -64,8 +65,8 @@ def anp_masks(model: nn.Module, neurons: Neurons, x: Tensor, y: Tensor, ctx: Def
                     it += 1
                     bar.update(1, loss=loss.item())
     finally:
-        for p in model.parameters():
-            p.requires_grad_(True)
+        for p, f in zip(model.parameters(), flags):
+            p.requires_grad_(f)
     return m.detach().cpu()
 
 

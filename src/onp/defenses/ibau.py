@@ -89,9 +89,11 @@ class IBAU(Defense):
 
     Defaults follow the authors' code (``defense.py`` and the CIFAR-10 notebook): 5 rounds, ``K = 5``, Adam
     with lr 0.001, batch 100, inner step 0.1, perturbation SGD lr 10 with ``reg = 0.001`` and L2 bound 10,
-    ``perturbed_fraction = 0.01``. (BackdoorBench uses Adam lr 0.0001 and batch 256.) Two departures from that
-    code: its fixed-point map always reads the first batch of the clean set, here it reads the current batch;
-    and the perturbed images are drawn from the defense's seeded generator.
+    ``perturbed_fraction = 0.01``; clamping and the L2 bound as in the notebook. (BackdoorBench uses Adam lr
+    0.0001 and batch 256.) Departures from that code: its fixed-point map always reads the first batch of the
+    clean set, here it reads the current batch; at least one image per batch is perturbed (its
+    ``int(0.01 * batch)`` is zero below 100 images); the perturbed images come from the defense's seeded
+    generator. The bound is an absolute L2 norm on [0, 1] images, sized for 3x32x32 inputs.
 
     Args:
         rounds: unlearning rounds (a new perturbation each).
@@ -149,7 +151,7 @@ class IBAU(Defense):
                                 "outer_loss": total / len(x),
                                 "clean_acc_val": accuracy(net, data.x_val, data.y_val, ctx.device)})
                 log.info("ibau: round %d: %s", r + 1, history[-1])
-        net.eval()
+        opt.zero_grad(set_to_none=True)
         return DefenseResult(net, {"method": self.name, "params": self.params(), "history": history,
                                    "clean_acc_defense_val": accuracy(net, data.x_val, data.y_val, ctx.device),
                                    "wall_time": time.perf_counter() - t0})

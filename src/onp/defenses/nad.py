@@ -42,8 +42,9 @@ def stage_points(model: nn.Module, example: Tensor, n: int = 3) -> list[Point]:
     the height or width (a strided conv, a pooling layer, a flatten) is the output of the stage before it. In a
     ResNet these are exactly the outputs of ``layer2``, ``layer3`` and ``layer4`` (the inputs of the next
     stage's strided convs and of the global pooling); in a pre-activation ResNet the pre-activated stage
-    outputs; in a VGG the inputs of its max-pools. Maps of a single pixel carry no spatial attention and are
-    skipped; a map read by several layers (a block's conv and its shortcut) counts once.
+    outputs; in a VGG the inputs of its max-pools. Only maps after the first convolution count (the image is not
+    a stage); maps of a single pixel carry no spatial attention and are skipped; a map read by several layers
+    (a block's conv and its shortcut) counts once.
 
     Raises:
         OnpError: the model has no spatial feature maps (for example, a multi-layer perceptron).
@@ -51,12 +52,14 @@ def stage_points(model: nn.Module, example: Tensor, n: int = 3) -> list[Point]:
     names = {m: name for name, m in model.named_modules()}
     calls: dict[nn.Module, int] = {}
     found: list[tuple[Point, Tensor]] = []
+    convolved = [False]  # feature maps only: the image (before any conv has run) is not a stage
 
     def hook(mod: nn.Module, inp: tuple[object, ...], out: object) -> None:
         k = calls.get(mod, 0)
         calls[mod] = k + 1
         a = inp[0] if inp else None
-        if not isinstance(a, Tensor) or a.dim() != 4 or a.shape[-2] * a.shape[-1] <= 1:
+        seen, convolved[0] = convolved[0], convolved[0] or isinstance(mod, nn.Conv2d)
+        if not seen or not isinstance(a, Tensor) or a.dim() != 4 or a.shape[-2] * a.shape[-1] <= 1:
             return
         if not isinstance(out, Tensor) or (out.dim() == 4 and out.shape[-2:] == a.shape[-2:]):
             return
@@ -127,7 +130,7 @@ class NAD(Defense):
     the last three max-pool inputs of a VGG. A model with fewer stages (the small CNN has two) uses the last
     ``betas`` for the stages it has.
 
-    Defaults (BackdoorBench's NAD settings, which follow the paper): teacher fine-tuned 10 epochs with lr 0.01;
+    Defaults (BackdoorBench's NAD settings): teacher fine-tuned 10 epochs with lr 0.01;
     student trained 20 epochs with lr 0.01 (SGD, momentum 0.9, cosine schedule, the dataset's augmentation);
     ``betas = (500, 1000, 1000)`` from the shallowest to the deepest stage; ``p = 2``. The authors' own
     repository defaults to ``betas = (0, 0, 5000)``.

@@ -79,7 +79,9 @@ def build_graph(neurons: Neurons, top_k: int = 8) -> NeuronGraph:
                 to_logits[neurons.slice(k)] += strength.sum(0)
                 continue
             tk = carrier_of_producer.get(layer)
-            if tk is None:
+            # the pruning group of a residual channel lists every reader of the running sum; a reader that runs
+            # before this carrier reads the sum without it, so it gets no edge from here
+            if tk is None or neurons.carriers[tk].depth <= c.depth:
                 continue
             strength = strength / strength.max().clamp_min(1e-12)
             kk = min(top_k, c.size)

@@ -1,0 +1,157 @@
+"""The benchmark grid: datasets x models x attacks x defenses x seeds, from one YAML file.
+
+A *model cell* trains (or reuses) one backdoored model; a *defense cell* applies one defense with one seed to
+one model and measures it. Cells are identified by a hash of everything that determines their result, so a
+rerun reuses finished work and a changed setting is a new cell.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from onp.config import AttackConfig, AttackRun, DataConfig, ModelConfig, from_dict, to_dict
+from onp.errors import OnpError
+from onp.training import TrainConfig
+
+
+@dataclass
+class DefenseSpec:
+    """One defense of the grid and its hyperparameters (defaults: the paper's)."""
+
+    name: str
+    """Registry name (``onp list defenses``)."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Hyperparameters overriding the defaults."""
+    label: str | None = None
+    """Name in the tables (default: ``name``)."""
+
+    @property
+    def title(self) -> str:
+        return self.label or self.name
+
+
+@dataclass
+class BenchConfig:
+    """A benchmark: which models to backdoor, which defenses to run on them, how many seeds."""
+
+    name: str = "bench"
+    """Name of the benchmark (used in the report)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """The dataset (one per config; run several configs for several datasets)."""
+    datasets: list[DataConfig] = field(default_factory=list)
+    """Several datasets instead of ``data`` (optional)."""
+    models: list[ModelConfig] = field(default_factory=lambda: [ModelConfig()])
+    """Architectures."""
+    attacks: list[AttackConfig] = field(default_factory=lambda: [AttackConfig()])
+    """Attacks (poison rate, target and trigger parameters per attack)."""
+    defenses: list[DefenseSpec] = field(default_factory=list)
+    """Defenses."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """How the backdoored models are trained."""
+    reference_epochs: int = 10
+    """Epochs of the clean reference model for lc, trojannn and inputaware."""
+    reference: str | None = None
+    """A saved clean model to use as that reference."""
+    model_seeds: list[int] = field(default_factory=lambda: [0])
+    """Seeds of the backdoored models."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """Seeds of the defenses (each draws its own clean split)."""
+    defense_size: int = 500
+    """Clean images per defense (class-balanced from the training set)."""
+    zoo: str = "benchmarks/zoo"
+    """Where backdoored models are kept and looked up by config hash."""
+    curves: bool = True
+    """Measure pruning curves (test ACC and ASR against neurons pruned) after pruning defenses."""
+    curve_images: int = 2000
+    """Test images per point of a pruning curve."""
+    threads: int | None = None
+    """Torch threads per cell (default: the cores the process may use)."""
+    device: str = "auto"
+    """auto, cpu, cuda."""
+
+    def all_data(self) -> list[DataConfig]:
+        return self.datasets or [self.data]
+
+
+def key(obj: Any) -> str:
+    """A short stable hash of a JSON-able object."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def attack_key(run: AttackRun) -> str:
+    """What determines a backdoored model: dataset, architecture, attack, training, seed, and for attacks that
+    craft their trigger on a clean model, that reference (not output paths, devices or threads)."""
+    from onp.attacks import ATTACKS
+
+    needs_ref = ATTACKS.get(run.attack.name).needs_reference
+    return key({"data": run.data.name, "model": to_dict(run.model), "attack": to_dict(run.attack),
+                "train": to_dict(run.train), "seed": run.seed,
+                "reference": [run.reference, run.reference_epochs] if needs_ref else None})
+
+
+@dataclass
+class ModelCell:
+    run: AttackRun
+
+    @property
+    def id(self) -> str:
+        return f"{self.run.data.name}-{self.run.model.name}-{self.run.attack.name}-s{self.run.seed}-" \
+               f"{attack_key(self.run)}"
+
+
+@dataclass
+class DefenseCell:
+    model: ModelCell
+    defense: DefenseSpec
+    seed: int
+    defense_size: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.model.id}/{self.defense.title}-s{self.seed}-" \
+               f"{key([self.defense.name, self.defense.params, self.seed, self.defense_size])}"
+
+
+def load_bench(path: str | Path, overrides: dict[str, Any] | None = None) -> BenchConfig:
+    from onp.config import load_config
+
+    cfg = load_config(BenchConfig, path, overrides)
+    if not cfg.defenses:
+        raise OnpError(f"{path}: the benchmark lists no defenses")
+    from onp.attacks import list_attacks
+    from onp.defenses import DEFENSES
+
+    for d in cfg.defenses:
+        DEFENSES.get(d.name)  # unknown names fail before any work
+    for a in cfg.attacks:
+        if a.name not in list_attacks():
+            from onp.attacks import ATTACKS
+
+            ATTACKS.get(a.name)
+    return cfg
+
+
+def expand(cfg: BenchConfig) -> tuple[list[ModelCell], list[DefenseCell]]:
+    """All model cells and defense cells of the grid, in a fixed order."""
+    models, cells = [], []
+    for data in cfg.all_data():
+        for model in cfg.models:
+            for attack in cfg.attacks:
+                for mseed in cfg.model_seeds:
+                    run = AttackRun(data=data, model=model, attack=attack, train=cfg.train,
+                                    reference_epochs=cfg.reference_epochs, reference=cfg.reference, seed=mseed,
+                                    device=cfg.device, threads=cfg.threads)
+                    mc = ModelCell(run)
+                    models.append(mc)
+                    for d in cfg.defenses:
+                        for s in cfg.seeds:
+                            cells.append(DefenseCell(mc, d, s, cfg.defense_size))
+    return models, cells
+
+
+def bench_from_dict(d: dict[str, Any]) -> BenchConfig:
+    return from_dict(BenchConfig, d)

@@ -1,0 +1,161 @@
+"""``onp report``: the benchmark's JSON lines as Markdown and HTML tables and PNG plots."""
+
+from __future__ import annotations
+
+import html
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from onp.bench import plots
+from onp.bench.runner import read_results
+from onp.errors import OnpError
+import os
+import shutil
+import tempfile
+
+METRICS = (("clean_acc", "ACC", max), ("asr", "ASR", min), ("ra", "RA", max), ("der", "DER", max))
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return float("nan"), 0.0
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per (attack, defense): mean and std over seeds of each metric, plus the undefended model."""
+    attacks = list(dict.fromkeys(r["attack"]["name"] for r in rows))
+    defenses = list(dict.fromkeys(r["defense"] for r in rows))
+    table: dict[str, dict[str, dict[str, tuple[float, float]]]] = {}
+    for a in attacks:
+        for d in defenses:
+            rs = [r for r in rows if r["attack"]["name"] == a and r["defense"] == d]
+            if rs:
+                table.setdefault(a, {})[d] = {m: _mean_std([r.get(m) for r in rs]) for m, _, _ in METRICS} | \
+                    {"wall_time": _mean_std([r["wall_time"] for r in rs]), "n": (len(rs), 0.0)}
+    before = {}
+    for a in attacks:
+        rs = [r for r in rows if r["attack"]["name"] == a]
+        before[a] = {m: _mean_std([r["before"].get(m) for r in rs]) for m in ("clean_acc", "asr", "ra")}
+    return {"attacks": attacks, "defenses": defenses, "table": table, "before": before}
+
+
+def _fmt(v: tuple[float, float], pct: bool = True, best: bool = False) -> str:
+    m, s = v
+    if math.isnan(m):
+        return "-"
+    scale = 100 if pct else 1
+    text = f"{scale * m:.2f}" + (f" ± {scale * s:.2f}" if s else "")
+    return f"**{text}**" if best else text
+
+
+def metric_table(agg: dict[str, Any], metric: str, label: str, better: Any) -> list[list[str]]:
+    """Rows: attacks; columns: no defense (where it applies), then each defense; best per row in bold."""
+    header = ["attack"] + (["no defense"] if metric != "der" else []) + agg["defenses"]
+    rows = [header]
+    for a in agg["attacks"]:
+        cells = agg["table"].get(a, {})
+        vals = {d: cells[d][metric] for d in agg["defenses"] if d in cells}
+        finite = [v[0] for v in vals.values() if not math.isnan(v[0])]
+        best = better(finite) if finite else None
+        row = [a] + ([_fmt(agg["before"][a][metric])] if metric != "der" else [])
+        row += [_fmt(vals[d], best=(vals[d][0] == best)) if d in vals else "-" for d in agg["defenses"]]
+        rows.append(row)
+    mean_row = ["mean"] + ([_fmt((_mean_std([agg["before"][a][metric][0] for a in agg["attacks"]])[0], 0.0))]
+                           if metric != "der" else [])
+    means = {d: _mean_std([agg["table"][a][d][metric][0] for a in agg["attacks"] if d in agg["table"].get(a, {})])
+             for d in agg["defenses"]}
+    finite = [v[0] for v in means.values() if not math.isnan(v[0])]
+    best = better(finite) if finite else None
+    mean_row += [_fmt((means[d][0], 0.0), best=(means[d][0] == best)) for d in agg["defenses"]]
+    rows.append(mean_row)
+    return rows
+
+
+def runtime_table(agg: dict[str, Any]) -> list[list[str]]:
+    """Mean defense wall time per attack, and ONP's time as a ratio to ANP's and RNP's on the same models."""
+    ds = agg["defenses"]
+    header = ["attack"] + ds + [f"onp/{b}" for b in ("anp", "rnp") if "onp" in ds and b in ds]
+    rows = [header]
+    for a in agg["attacks"]:
+        cells = agg["table"].get(a, {})
+        t = {d: cells[d]["wall_time"][0] for d in ds if d in cells}
+        row = [a] + [f"{t[d]:.0f}" if d in t else "-" for d in ds]
+        for b in ("anp", "rnp"):
+            if "onp" in ds and b in ds:
+                row.append(f"{t['onp'] / t[b]:.2f}" if "onp" in t and b in t and t[b] else "-")
+        rows.append(row)
+    return rows
+
+
+def _md(rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    return "\n".join(out)
+
+
+def _html(rows: list[list[str]]) -> str:
+    def cell(c: str, tag: str) -> str:
+        if c.startswith("**"):
+            return f"<{tag}><b>{html.escape(c.strip('*'))}</b></{tag}>"
+        return f"<{tag}>{html.escape(c)}</{tag}>"
+
+    head = "".join(cell(c, "th") for c in rows[0])
+    body = "".join("<tr>" + "".join(cell(c, "td") for c in r) + "</tr>" for r in rows[1:])
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write_report(results: str | Path, out: str | Path, title: str | None = None, command: str | None = None
+                 ) -> Path:
+    """Write ``<name>.md``, ``<name>.html`` and PNG plots for the rows in ``results`` into ``out``."""
+    rows = [r for r in read_results(results) if r.get("asr") is not None]
+    if not rows:
+        raise OnpError(f"{results} holds no finished benchmark rows")
+    out = Path(out)
+    name = title or rows[0].get("bench", "results")
+    agg = aggregate(rows)
+    seeds = sorted({r["seed"] for r in rows})
+    sections: list[tuple[str, list[list[str]]]] = [
+        (f"{label} (%) per attack and defense, mean ± std over seeds", metric_table(agg, m, label, better))
+        for m, label, better in METRICS]
+    sections.append(("Defense wall time (s), mean over seeds", runtime_table(agg)))
+    out.mkdir(parents=True, exist_ok=True)
+    # written beside ``out`` first, then moved in file by file: ``out`` may also hold the results themselves
+    tmp = Path(tempfile.mkdtemp(prefix=".report.", dir=out))
+    try:
+        plots.plot_asr_vs_acc(rows, tmp / "asr_vs_acc.png")
+        for m, label in (("asr", "ASR"), ("clean_acc", "ACC")):
+            tab = {a: {d: agg["table"][a][d][m] for d in agg["table"][a]} for a in agg["attacks"]}
+            plots.plot_bars(tab, agg["attacks"], agg["defenses"], label, tmp / f"{m}_bars.png")
+        onp_rows = [r for r in rows if r.get("reward_curve")]
+        if onp_rows:
+            plots.plot_reward_curves(onp_rows, tmp / "reward_curves.png")
+        plots.plot_pruning_curves(rows, tmp / "pruning_curves.png")
+        images = [p.name for p in sorted(tmp.glob("*.png"))]
+        intro = [f"# {name}", "",
+                 f"{len(rows)} cells: {len(agg['attacks'])} attacks x {len(agg['defenses'])} defenses, seeds "
+                 f"{seeds}. Best per row in bold (highest ACC, RA, DER; lowest ASR). ACC, ASR and RA are measured "
+                 "on the test set after each defense finished; DER = (max(0, dASR) - max(0, dACC) + 1) / 2."]
+        if command:
+            intro += ["", f"Made by: `{command}`"]
+        md = intro + [""]
+        for head, tab in sections:
+            md += [f"## {head}", "", _md(tab), ""]
+        md += ["## Plots", ""] + [f"![{i}]({i})" for i in images] + [""]
+        (tmp / f"{name}.md").write_text("\n".join(md))
+        body = "".join(f"<h2>{html.escape(h)}</h2>{_html(t)}" for h, t in sections)
+        body += "".join(f'<h3>{html.escape(i)}</h3><img src="{html.escape(i)}" style="max-width:100%">' for i in images)
+        cmd = f"<p>Made by: <code>{html.escape(command)}</code></p>" if command else ""
+        (tmp / f"{name}.html").write_text(
+            f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(name)}</title><style>"
+            "body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}</style></head><body>"
+            f"<h1>{html.escape(name)}</h1><p>{html.escape(intro[2])}</p>{cmd}{body}</body></html>")
+        for f in tmp.iterdir():
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

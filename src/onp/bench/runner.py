@@ -1,0 +1,249 @@
+"""Run a benchmark grid: train or reuse the backdoored models, run every defense cell, append one JSON line per
+finished cell. Resumable: a finished cell is never redone, and a cell killed halfway leaves nothing behind.
+
+Each defense cell runs in a fresh process, so its peak memory is its own; executors: ``local`` (one cell at a
+time on this machine) or ``ray`` (cells as Ray tasks on a local or existing cluster). Both run the same cell
+function on the same inputs, so they give the same rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import resource
+import socket
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from onp.bench.grid import BenchConfig, DefenseCell, ModelCell, attack_key, expand
+from onp.config import AttackRun, from_dict
+from onp.errors import OnpError
+from onp.utils.io import atomic_write_text
+from onp.utils.progress import ProgressFactory, null_progress
+
+log = logging.getLogger(__name__)
+EXECUTORS = ("local", "ray")
+
+
+# --- results file -----------------------------------------------------------------------------------------------
+def read_results(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a results file; a line that is not complete JSON (a torn write from an old crash) is skipped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            log.warning("%s:%d is not a complete JSON line; ignored", path, i)
+    return rows
+
+
+def append_row(path: str | Path, row: dict[str, Any]) -> None:
+    """Append one row atomically: the whole file is rewritten through a temporary file and a rename, so a kill
+    leaves either the old file or the new one, never half a line."""
+    path = Path(path)
+    old = path.read_text() if path.is_file() else ""
+    if old and not old.endswith("\n"):
+        old += "\n"
+    atomic_write_text(path, old + json.dumps(row, sort_keys=True, default=str) + "\n")
+
+
+# --- metrics ----------------------------------------------------------------------------------------------------
+def der(before: dict[str, float], after: dict[str, float]) -> float:
+    """Defense Effectiveness Rating (BackdoorBench, Wu et al. 2022): ``(max(0, dASR) - max(0, dACC) + 1) / 2``,
+    in [0, 1]; 1 removes the whole ASR at no accuracy cost, 0.5 changes nothing."""
+    d_asr = max(0.0, before["asr"] - after["asr"])
+    d_acc = max(0.0, before["clean_acc"] - after["clean_acc"])
+    return (d_asr - d_acc + 1) / 2
+
+
+# --- the zoo of backdoored models -------------------------------------------------------------------------------
+def find_in_zoo(zoo: Path, run: AttackRun) -> Path | None:
+    """A model directory in ``zoo`` whose recorded config has the same attack key as ``run``."""
+    want = attack_key(run)
+    for meta_path in sorted(zoo.glob("*/model.json")):
+        try:
+            cfg = json.loads(meta_path.read_text()).get("config")
+            if cfg and attack_key(from_dict(AttackRun, cfg)) == want:
+                return meta_path.parent
+        except (OnpError, json.JSONDecodeError, TypeError, KeyError):
+            continue
+    return None
+
+
+def ensure_model(cell: ModelCell, zoo: Path, progress: ProgressFactory = null_progress) -> Path:
+    """The backdoored model of ``cell``: from the zoo when one matches, else trained into it."""
+    found = find_in_zoo(zoo, cell.run)
+    if found is not None:
+        return found
+    from onp.runs import run_attack
+
+    out = zoo / cell.id.replace("/", "_")
+    log.info("training %s", cell.id)
+    run_attack(AttackRun(**{**cell.run.__dict__, "out": str(out)}), progress=progress)
+    return out
+
+
+# --- one defense cell -------------------------------------------------------------------------------------------
+def run_defense_cell(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one defense cell from a plain-data ``spec`` and return its row. Runs in a fresh process."""
+    from onp.artifacts import load_attack, load_model
+    from onp.data import create_dataset, defense_split
+    from onp.defenses import DefenseContext, DefenseData, create_defense
+    from onp.evaluate import evaluate
+    from onp.utils.progress import tqdm_progress
+    from onp.utils.runtime import provenance, resolve_device, seed_everything, set_threads
+
+    set_threads(spec["threads"])
+    progress = tqdm_progress if spec.get("show_progress") else null_progress
+    device = resolve_device(spec["device"])
+    model, meta = load_model(spec["model_dir"])
+    train = create_dataset(spec["data"]["name"], spec["data"]["root"], "train")
+    test = create_dataset(spec["data"]["name"], spec["data"]["root"], "test")
+    attack = load_attack(spec["model_dir"], meta)
+    idx = defense_split(train.labels, train.num_classes, size=spec["defense_size"], seed=spec["seed"])
+    seed_everything(spec["seed"])
+    data = DefenseData.from_dataset(train.subset(idx), seed=spec["seed"])
+    defense = create_defense(spec["defense"]["name"], **spec["defense"]["params"])
+    t0 = time.perf_counter()
+    result = defense.repair(model, data, DefenseContext(device, spec["seed"], progress))
+    wall = time.perf_counter() - t0
+    # the defense has finished: only now the test set and the trigger are used
+    before = meta.get("metrics") or evaluate(model, test, attack, device)
+    after = evaluate(result.model, test, attack, device)
+    report = result.report
+    row = {
+        "id": spec["id"], "bench": spec["bench"], "model_id": spec["model_id"], "model_dir": spec["model_dir"],
+        "dataset": spec["data"]["name"], "model": spec["model"], "attack": meta.get("attack"),
+        "defense": spec["defense"]["label"] or spec["defense"]["name"], "defense_name": spec["defense"]["name"],
+        "defense_params": defense.params(), "seed": spec["seed"], "defense_size": spec["defense_size"],
+        "before": before, "after": after, "clean_acc": after["clean_acc"], "asr": after.get("asr"),
+        "ra": after.get("ra"), "der": der(before, after), "wall_time": wall,
+        "num_pruned": report.get("num_pruned"), "num_neurons": report.get("num_neurons"),
+        "reward_curve": report.get("reward_curve"), "timings": report.get("timings"),
+        "probe": report.get("probe"), "chosen": report.get("chosen"),
+        "versions": provenance(), "host": socket.gethostname(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    if spec.get("curves") and "ranking" in report and attack is not None:
+        row["pruning_curve"] = test_pruning_curve(model, report, data, test, attack, device, spec["curve_images"])
+    row["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return row
+
+
+def test_pruning_curve(model: torch.nn.Module, report: dict[str, Any], data: Any, test: Any, attack: Any,
+                       device: torch.device, images: int) -> list[dict[str, float]]:
+    """Test ACC and ASR as the defense's ranking is pruned further (measured after the defense finished)."""
+    from onp.defenses.pruning import pruning_curve
+    from onp.graph import find_neurons
+
+    neurons = find_neurons(model, data.x_fit[:1].to(device))
+    ranking = torch.tensor(report["ranking"], dtype=torch.long)
+    ks = sorted({int(p["k"]) for p in report.get("selection_curve", [])})
+    if len(ks) > 12:
+        ks = [ks[i] for i in torch.linspace(0, len(ks) - 1, 12).round().long().tolist()]
+    g = torch.Generator().manual_seed(0)
+    pick = torch.randperm(len(test), generator=g)[:images]
+    x, y = test.float_images(pick), test.labels[pick]
+    keep = attack.asr_mask(y)
+    xt, yt = attack.apply(x[keep]), attack.target_of(y[keep])
+
+    @torch.no_grad()
+    def metric(m: torch.nn.Module) -> dict[str, float]:
+        def acc(xx: torch.Tensor, yy: torch.Tensor) -> float:
+            pred = torch.cat([m(xx[s:s + 500].to(device)).argmax(1).cpu() for s in range(0, len(xx), 500)])
+            return (pred == yy).float().mean().item()
+
+        return {"clean_acc": acc(x, y), "asr": acc(xt, yt)}
+
+    granularity = (report.get("params") or {}).get("granularity", "neuron")
+    return pruning_curve(model, neurons, ranking, ks, metric, granularity)
+
+
+def _in_subprocess(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run a cell in a fresh spawned process (own memory peak, no state shared with the parent)."""
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        return pool.submit(run_defense_cell, spec).result()
+
+
+def cell_spec(cfg: BenchConfig, cell: DefenseCell, model_dir: Path, show_progress: bool) -> dict[str, Any]:
+    run = cell.model.run
+    return {
+        "id": cell.id, "bench": cfg.name, "model_id": cell.model.id, "model_dir": str(model_dir),
+        "data": {"name": run.data.name, "root": run.data.root}, "model": asdict(run.model),
+        "defense": asdict(cell.defense), "seed": cell.seed, "defense_size": cell.defense_size,
+        "threads": cfg.threads, "device": cfg.device, "curves": cfg.curves, "curve_images": cfg.curve_images,
+        "show_progress": show_progress,
+    }
+
+
+# --- the grid ---------------------------------------------------------------------------------------------------
+def run_bench(cfg: BenchConfig, results: str | Path, executor: str = "local", address: str | None = None,
+              progress: ProgressFactory = null_progress, show_cell_progress: bool = False,
+              max_cells: int | None = None) -> list[dict[str, Any]]:
+    """Run every cell of ``cfg`` not yet in ``results``; return all rows (old and new) in grid order.
+
+    ``max_cells`` stops after that many new cells (for tests of resumption and for slicing long runs).
+    """
+    if executor not in EXECUTORS:
+        raise OnpError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
+    models, cells = expand(cfg)
+    done = {r["id"] for r in read_results(results)}
+    todo = [c for c in cells if c.id not in done]
+    if max_cells is not None:
+        todo = todo[:max_cells]
+    zoo = Path(cfg.zoo)
+    log.info("%d cells in the grid, %d done, %d to run", len(cells), len(done), len(todo))
+    needed = {c.model.id: c.model for c in todo}
+    model_dirs: dict[str, Path] = {}
+    with progress(total=len(needed), desc="models") as bar:
+        for mid, mc in needed.items():
+            model_dirs[mid] = ensure_model(mc, zoo, progress)
+            bar.update(1)
+    specs = [cell_spec(cfg, c, model_dirs[c.model.id], show_cell_progress) for c in todo]
+    with progress(total=len(specs), desc="grid") as bar:
+        if executor == "local":
+            for spec in specs:
+                append_row(results, _in_subprocess(spec))
+                bar.update(1, cell=spec["id"].split("/")[-1])
+        else:
+            _run_ray(specs, results, address, bar)
+    order = {c.id: i for i, c in enumerate(cells)}
+    rows = [r for r in read_results(results) if r["id"] in order]
+    return sorted(rows, key=lambda r: order[r["id"]])
+
+
+def _run_ray(specs: list[dict[str, Any]], results: str | Path, address: str | None, bar: Any) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise OnpError("the ray executor needs Ray: pip install 'onp[ray]'") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "")}}
+                 if os.environ.get("OMP_NUM_THREADS") else None)
+    try:
+        # a fresh worker process per cell (max_calls=1), so its memory peak is the cell's own
+        task = ray.remote(num_cpus=1, max_calls=1)(run_defense_cell)
+        pending = {task.remote(s): s for s in specs}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                spec = pending.pop(ref)
+                append_row(results, ray.get(ref))
+                bar.update(1, cell=spec["id"].split("/")[-1])
+    finally:
+        if started_here:
+            ray.shutdown()

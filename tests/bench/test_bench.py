@@ -1,0 +1,145 @@
+"""The benchmark: resumable after a kill with the same final rows, the same rows on Ray, and the report."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from onp.bench.grid import load_bench
+from onp.bench.report import write_report
+from onp.bench.runner import append_row, der, read_results, run_bench
+from onp.errors import OnpError
+
+TINY = """
+name: tiny
+data: {{name: digits}}
+models: [{{name: small_cnn, width: 4}}]
+attacks: [{{name: badnets, poison_rate: 0.1}}]
+defenses:
+  - {{name: clp, params: {{selection: bound}}}}
+  - {{name: finetune, params: {{epochs: 1}}}}
+train: {{epochs: 2, batch_size: 64, lr: 0.05}}
+seeds: [0, 1]
+defense_size: 60
+zoo: {zoo}
+threads: 1
+curve_images: 100
+"""
+# what a rerun must reproduce exactly (timings, hosts and memory naturally differ)
+STABLE = ("id", "clean_acc", "asr", "ra", "der", "before", "after", "num_pruned", "pruning_curve", "seed")
+
+
+def stable(rows: list[dict]) -> list[dict]:
+    return [{k: r.get(k) for k in STABLE} for r in sorted(rows, key=lambda r: r["id"])]
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
+    """The tiny grid's config and the rows of one uninterrupted run."""
+    d = tmp_path_factory.mktemp("bench")
+    cfg_path = d / "tiny.yaml"
+    cfg_path.write_text(TINY.format(zoo=d / "zoo"))
+    rows = run_bench(load_bench(cfg_path), d / "uninterrupted.jsonl")
+    return cfg_path, rows
+
+
+@pytest.mark.slow
+def test_uninterrupted_run_has_every_cell(grid: tuple[Path, list[dict]]) -> None:
+    _, rows = grid
+    assert len(rows) == 4
+    assert {(r["defense"], r["seed"]) for r in rows} == {("clp", 0), ("clp", 1), ("finetune", 0), ("finetune", 1)}
+    for r in rows:
+        for k in ("clean_acc", "asr", "ra", "der", "wall_time", "peak_memory_mb", "versions", "defense_params"):
+            assert k in r, k
+        assert 0 <= r["der"] <= 1 and r["peak_memory_mb"] > 0
+        assert r["versions"]["onp"] and "torch" in r["versions"]
+
+
+@pytest.mark.slow
+def test_kill_then_resume_equals_uninterrupted(grid: tuple[Path, list[dict]], tmp_path: Path) -> None:
+    cfg_path, reference = grid
+    results = tmp_path / "killed.jsonl"
+    cmd = [sys.executable, "-m", "onp.cli", "bench", str(cfg_path), "--results", str(results), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(read_results(results)) < 1:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole group: the cell in flight dies too
+    proc.wait()
+    partial = read_results(results)
+    assert 1 <= len(partial) < 4, "the kill should land mid-run"
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    final = read_results(results)
+    assert len(final) == 4, "no cell lost, none done twice"
+    assert len({r["id"] for r in final}) == 4
+    assert stable(final) == stable(reference)
+    # the rows finished before the kill were kept as they were, not redone
+    assert [r["finished"] for r in final[: len(partial)]] == [r["finished"] for r in partial]
+
+
+@pytest.mark.slow
+def test_ray_executor_gives_the_same_rows(grid: tuple[Path, list[dict]], tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    cfg_path, reference = grid
+    rows = run_bench(load_bench(cfg_path), tmp_path / "ray.jsonl", executor="ray")
+    assert stable(rows) == stable(reference)
+
+
+@pytest.mark.slow
+def test_report_writes_tables_and_plots(grid: tuple[Path, list[dict]], tmp_path: Path) -> None:
+    cfg_path, _ = grid
+    results = cfg_path.parent / "uninterrupted.jsonl"
+    out = write_report(results, tmp_path / "report", command="onp bench tiny.yaml")
+    md = (out / "tiny.md").read_text()
+    for head in ("ACC (%)", "ASR (%)", "RA (%)", "DER (%)", "wall time"):
+        assert head in md
+    assert "**" in md  # the best per row is marked
+    assert "onp bench tiny.yaml" in md
+    assert (out / "tiny.html").read_text().startswith("<!doctype html>")
+    for png in ("asr_vs_acc.png", "asr_bars.png", "clean_acc_bars.png", "pruning_curves.png"):
+        assert (out / png).stat().st_size > 1000, png
+
+
+def test_torn_line_is_ignored_and_append_is_whole(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"id": "a"}\n{"id": "b", "x": ')  # a write torn by a crash of an older version
+    assert [r["id"] for r in read_results(path)] == ["a"]
+    append_row(path, {"id": "c"})
+    assert [r["id"] for r in read_results(path)] == ["a", "c"]
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_der() -> None:
+    assert der({"asr": 1.0, "clean_acc": 0.9}, {"asr": 0.0, "clean_acc": 0.9}) == 1.0
+    assert der({"asr": 1.0, "clean_acc": 0.9}, {"asr": 1.0, "clean_acc": 0.9}) == 0.5
+    assert der({"asr": 0.5, "clean_acc": 0.9}, {"asr": 0.1, "clean_acc": 0.8}) == pytest.approx(0.65)
+
+
+def test_bad_config_is_refused(tmp_path: Path) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_text("name: x\ndefenses: [{name: nope}]\n")
+    with pytest.raises(OnpError, match="unknown defense 'nope'"):
+        load_bench(p)
+    p.write_text("name: x\ndefenses: []\n")
+    with pytest.raises(OnpError, match="no defenses"):
+        load_bench(p)
+    p.write_text("name: x\nbogus: 1\ndefenses: [{name: clp}]\n")
+    with pytest.raises(OnpError, match="unknown config key 'bogus'"):
+        load_bench(p)
+    with pytest.raises(OnpError, match="unknown executor"):
+        p.write_text("name: x\ndefenses: [{name: clp}]\n")
+        run_bench(load_bench(p), tmp_path / "r.jsonl", executor="slurm")
+
+
+def test_report_of_empty_results_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "r.jsonl").write_text("")
+    with pytest.raises(OnpError, match="no finished"):
+        write_report(tmp_path / "r.jsonl", tmp_path / "out")

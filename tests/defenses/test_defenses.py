@@ -1,0 +1,218 @@
+"""Every registered defense, on a tiny small CNN trained briefly on digits: same architecture back, the input
+model untouched, pruning only where the report says, reproducible for a seed; and the argument errors."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from onp.data import ImageDataset, create_dataset
+from onp.defenses import DEFENSES, DefenseContext, DefenseData, DefenseResult, create_defense, list_defenses
+from onp.defenses.pruning import ScorePruneDefense
+from onp.errors import OnpError
+from onp.models import create_model
+
+K, WIDTH = 10, 8
+ONP_FAST = {"updates": 2, "episodes_per_update": 2, "steps": 2, "anp_iterations": 3}
+# the smallest settings that still run each defense end to end; pruning defenses may use up to the whole
+# clean-accuracy budget, so that they do prune something and the tests below check real pruning
+FAST: dict[str, dict[str, Any]] = {
+    "anp": {"iterations": 5, "max_drop": 1.0},
+    "clp": {"selection": "bound", "max_drop": 1.0},
+    "fineprune": {"finetune_epochs": 1, "max_drop": 1.0},
+    "finetune": {"epochs": 1},
+    "ibau": {"rounds": 1},
+    "nad": {"epochs": 1, "teacher_epochs": 1},
+    "onp": ONP_FAST,
+    "onp_nognn": ONP_FAST,
+    "onp_norl": {"anp_iterations": 3},
+    "rnp": {"unlearn_epochs": 2, "recover_epochs": 2, "max_drop": 1.0},
+}
+PRUNING = [n for n in list_defenses() if DEFENSES.get(n).prunes]
+FINE_TUNES_AFTER_PRUNING = {"fineprune"}
+
+
+def make_model() -> nn.Module:
+    torch.manual_seed(0)
+    return create_model("small_cnn", K, 1, (0.3,), (0.38,), width=WIDTH)
+
+
+@pytest.fixture(scope="module")
+def digits() -> ImageDataset:
+    return create_dataset("digits", None, "train")
+
+
+@pytest.fixture(scope="module")
+def trained(digits: ImageDataset) -> nn.Module:
+    """Two epochs on 400 digits: a model that has learned something, in a tenth of a second."""
+    model = make_model()
+    x, y = digits.float_images(slice(0, 400)), digits.labels[:400]
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(2):
+        for s in range(0, len(x), 32):
+            loss = torch.nn.functional.cross_entropy(model(x[s:s + 32]), y[s:s + 32])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def data(digits: ImageDataset) -> DefenseData:
+    return DefenseData.from_dataset(digits.subset(torch.arange(400, 520)), seed=0)
+
+
+def state(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def run(name: str, model: nn.Module, data: DefenseData, seed: int = 0) -> DefenseResult:
+    return create_defense(name, **FAST.get(name, {})).repair(model, data, DefenseContext(seed=seed))
+
+
+_RUNS: dict[str, tuple[DefenseResult, dict[str, Tensor], nn.Module]] = {}
+
+
+@pytest.fixture
+def first_run(trained: nn.Module, data: DefenseData, request: pytest.FixtureRequest):  # noqa: ANN201
+    """One run per defense, shared by the tests: (result, the input's weights before, the input model)."""
+    name = request.node.callspec.params["name"]
+    if name not in _RUNS:
+        model = copy.deepcopy(trained)
+        before = state(model)
+        _RUNS[name] = (run(name, model, data), before, model)
+    return _RUNS[name]
+
+
+# --- every defense --------------------------------------------------------------------------------------------
+def test_every_defense_has_fast_settings() -> None:
+    assert set(list_defenses()) <= set(FAST), "give a new defense its tiny settings in FAST"
+
+
+@pytest.mark.parametrize("name", list_defenses())
+def test_returns_the_same_architecture(name: str, first_run) -> None:  # noqa: ANN001
+    result, before, _ = first_run
+    after = result.model.state_dict()
+    assert list(after) == list(before)
+    assert all(after[k].shape == before[k].shape and after[k].dtype == before[k].dtype for k in before)
+    fresh = make_model()
+    fresh.load_state_dict(after, strict=True)
+    x = torch.rand(3, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(fresh.eval()(x), result.model.eval()(x), atol=1e-6)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in result.model.modules()), "hooks left behind"
+
+
+@pytest.mark.parametrize("name", list_defenses())
+def test_input_model_is_unchanged(name: str, first_run) -> None:  # noqa: ANN001
+    result, before, model = first_run
+    after = model.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert not changed, f"{name} changed the input model: {changed[:5]}"
+    assert result.model is not model
+    assert all(p.requires_grad for p in model.parameters())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()), "hooks left on the input"
+
+
+@pytest.mark.parametrize("name", list_defenses())
+def test_report(name: str, first_run, data: DefenseData) -> None:  # noqa: ANN001
+    result, _, _ = first_run
+    r = result.report
+    assert r["method"] == name
+    assert r["params"] == create_defense(name, **FAST.get(name, {})).params()
+    assert r["wall_time"] > 0
+    correct = (result.model.eval()(data.x_val).argmax(1) == data.y_val).float().mean().item()
+    assert r["clean_acc_defense_val"] == pytest.approx(correct)
+
+
+# --- pruning defenses -----------------------------------------------------------------------------------------
+def pruned_channels(report: dict[str, Any]) -> dict[str, set[int]]:
+    out: dict[str, set[int]] = {}
+    for p in report["pruned"]:
+        out.setdefault(p["layer"], set()).add(int(p["index"]))
+    return out
+
+
+@pytest.mark.parametrize("name", PRUNING)
+def test_pruning_touches_only_the_reported_neurons(name: str, first_run) -> None:  # noqa: ANN001
+    result, before, _ = first_run
+    report = result.report
+    assert report["num_pruned"] == len(report["pruned"]) == len({(p["layer"], p["index"]) for p in report["pruned"]})
+    if isinstance(DEFENSES.get(name), type) and issubclass(DEFENSES.get(name), ScorePruneDefense):
+        assert report["num_pruned"] > 0, "with the whole accuracy budget, a pruning defense prunes something"
+    layers = pruned_channels(report)
+    after = result.model.state_dict()
+    for layer, idx in layers.items():
+        rows = torch.tensor(sorted(idx))
+        for part in ("weight", "bias"):
+            if f"{layer}.{part}" in after:
+                assert (after[f"{layer}.{part}"][rows] == 0).all(), f"{layer}.{part}{sorted(idx)} not zeroed"
+    if name in FINE_TUNES_AFTER_PRUNING:
+        return
+    for key, old in before.items():
+        layer, _, part = key.rpartition(".")
+        new = after[key]
+        if layer in layers and part in ("weight", "bias"):
+            keep = torch.ones(len(old), dtype=torch.bool)
+            keep[sorted(layers[layer])] = False
+            assert torch.equal(new[keep], old[keep]), f"{key} changed outside the pruned channels"
+        else:
+            assert torch.equal(new, old), f"{key} changed but no neuron of it was pruned"
+
+
+@pytest.mark.parametrize("name", list_defenses())
+def test_deterministic_for_a_seed(name: str, first_run, trained: nn.Module, data: DefenseData) -> None:  # noqa: ANN001
+    result, _, _ = first_run
+    again = run(name, copy.deepcopy(trained), data)
+    if "pruned" in result.report:
+        assert again.report["pruned"] == result.report["pruned"]
+    a, b = result.model.state_dict(), again.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a), f"{name}: two runs with seed 0 gave different weights"
+
+
+# --- bad input ------------------------------------------------------------------------------------------------
+def test_unknown_defense_lists_the_valid_names() -> None:
+    with pytest.raises(OnpError) as e:
+        create_defense("bogus")
+    msg = str(e.value)
+    assert "bogus" in msg and all(n in msg for n in list_defenses())
+
+
+@pytest.mark.parametrize("name", list_defenses())
+def test_unknown_parameter(name: str) -> None:
+    with pytest.raises(OnpError, match=f"bad parameters for defense '{name}'.*no_such_param"):
+        create_defense(name, no_such_param=1)
+
+
+@pytest.mark.parametrize("name", PRUNING)
+def test_bad_granularity(name: str) -> None:
+    with pytest.raises(OnpError, match="unknown granularity 'bogus'; valid: neuron, group"):
+        create_defense(name, granularity="bogus")
+
+
+@pytest.mark.parametrize("name", [n for n in PRUNING if issubclass(DEFENSES.get(n), ScorePruneDefense)])
+def test_bad_selection(name: str) -> None:
+    with pytest.raises(OnpError, match="unknown selection 'bogus'; valid: bound, threshold"):
+        create_defense(name, selection="bogus")
+
+
+def test_fewer_images_than_classes(digits: ImageDataset) -> None:
+    with pytest.raises(OnpError, match="9 images, fewer than the 10 classes"):
+        DefenseData.from_dataset(digits.subset(torch.arange(9)))
+
+
+def test_a_class_with_one_image(digits: ImageDataset) -> None:
+    idx = torch.cat([torch.nonzero(digits.labels == c).flatten()[: 1 if c == 3 else 3] for c in range(K)])
+    with pytest.raises(OnpError, match="class 3 has 1"):
+        DefenseData.from_dataset(digits.subset(idx))
+
+
+def test_defense_data_split(digits: ImageDataset) -> None:
+    d = DefenseData.from_dataset(digits.subset(torch.arange(200)), val_fraction=0.2, seed=0)
+    assert len(d.x_fit) + len(d.x_val) == 200 and len(d.x_val) == 40
+    assert d.x_fit.dtype == torch.float32 and 0 <= d.x_all.min() and d.x_all.max() <= 1
+    assert set(d.y_val.tolist()) == set(range(K)), "the held-out part has every class"
