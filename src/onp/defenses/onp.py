@@ -23,7 +23,6 @@ from onp.defenses.pruning import (
 )
 from onp.errors import OnpError
 from onp.graph import build_graph, find_neurons
-from onp.rl.agent import AgentConfig, search
 from onp.rl.features import FeatureConfig, neuron_features
 from onp.rl.probes import make_probes
 from onp.rl.reward import CleanReward, RewardConfig
@@ -90,6 +89,8 @@ class ONP(Defense):
         rcfg = RewardConfig(lam=self.lam, rho=self.rho, max_drop=self.max_drop)
         history: list[dict[str, float]] = []
         if self.rl:
+            from onp.rl.agent import AgentConfig, search  # PyTorch Geometric loads only when the search runs
+
             reward = CleanReward(model, neurons, data.x_fit, data.y_fit, probes, ctx.device, rcfg,
                                  max_images=self.reward_images, seed=ctx.seed)
             acfg = AgentConfig(updates=self.updates, episodes_per_update=self.episodes_per_update, steps=self.steps,

@@ -10,11 +10,11 @@ channel) are joined by skip edges of weight 1 in dataflow order.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch_pruning as tp
 from torch import Tensor, nn
-from torch_geometric.data import Data
 
 from onp.graph.neurons import Neurons
 
@@ -37,8 +37,10 @@ class NeuronGraph:
     edge_attr: Tensor
     to_logits: Tensor
 
-    def data(self, x: Tensor) -> Data:
+    def data(self, x: Tensor) -> Any:
         """A PyTorch Geometric ``Data`` with node features ``x`` of shape (N, F)."""
+        from torch_geometric.data import Data  # imported here: it is slow to import and only ONP needs it
+
         if x.shape[0] != len(self.neurons):
             raise ValueError(f"{x.shape[0]} feature rows for {len(self.neurons)} neurons")
         return Data(x=x, edge_index=self.edge_index, edge_attr=self.edge_attr,
