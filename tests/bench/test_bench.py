@@ -143,3 +143,14 @@ def test_report_of_empty_results_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "r.jsonl").write_text("")
     with pytest.raises(OnpError, match="no finished"):
         write_report(tmp_path / "r.jsonl", tmp_path / "out")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "benchmarks").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_configs_load_and_expand(path: Path) -> None:
+    from onp.bench.grid import expand
+
+    cfg = load_bench(path)
+    models, cells = expand(cfg)
+    assert len(cells) == len(models) * len(cfg.defenses) * len(cfg.seeds)
+    assert len({c.id for c in cells}) == len(cells)
