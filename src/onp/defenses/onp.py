@@ -23,9 +23,6 @@ from onp.defenses.pruning import (
 )
 from onp.errors import OnpError
 from onp.graph import build_graph, find_neurons
-from onp.rl.features import FeatureConfig, neuron_features
-from onp.rl.probes import make_probes
-from onp.rl.reward import CleanReward, RewardConfig
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +73,11 @@ class ONP(Defense):
         self.reward_images = reward_images
 
     def repair(self, model: nn.Module, data: DefenseData, ctx: DefenseContext) -> DefenseResult:
+        # onp.rl builds on the baselines (its features are their scores), so it is imported here, not at the top
+        from onp.rl.features import FeatureConfig, neuron_features
+        from onp.rl.probes import make_probes
+        from onp.rl.reward import CleanReward, RewardConfig
+
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         model = model.to(ctx.device).eval()

@@ -1,8 +1,11 @@
 """Policy-gradient search for a pruning policy (REINFORCE with a batch baseline, Williams 1992).
 
 An episode prunes in ``steps`` moves. At each move the state is the neuron graph with its features and a flag
-for the neurons already pruned; the policy picks a budget ``m`` (a fraction of the neurons, possibly zero) and
-samples ``m`` neurons without replacement from its node scores. The move's reward is the change of
+for the neurons already pruned; the policy picks a budget ``m`` (a fraction of the neurons, never zero) and
+samples ``m`` neurons without replacement from its node scores. The search learns *which* neurons to prune and
+in what order; *how many* is decided afterwards by the stopping rule on held-out clean images. (With a "prune
+nothing" budget the policy collapsed to it within ten updates on a planted task, before its node scores had
+learned anything: `tests/rl/test_agent.py`.) The move's reward is the change of
 ``R(S)`` (:mod:`onp.rl.reward`), so an episode's return is ``R(S_final) - R(empty)``. Episodes run in batches;
 each move's advantage is its return-to-go minus the batch mean at that move, divided by the batch standard
 deviation.
@@ -33,8 +36,8 @@ class AgentConfig:
     """Episodes per update (the batch of the baseline)."""
     steps: int = 3
     """Moves per episode."""
-    budgets: list[float] = field(default_factory=lambda: [0.0, 0.0025, 0.005, 0.01, 0.02, 0.04])
-    """Fractions of the neurons a move may prune."""
+    budgets: list[float] = field(default_factory=lambda: [0.0025, 0.005, 0.01, 0.02, 0.04])
+    """Fractions of the neurons a move may prune (each at least one neuron)."""
     hidden: int = 64
     """GNN width."""
     layers: int = 3
@@ -73,7 +76,9 @@ class PruningAgent:
         self.reward = reward
         self.policy = PruningPolicy(features.shape[1], len(cfg.budgets), cfg.hidden, cfg.layers, cfg.gnn)
         self.opt = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr)
-        self.budget_sizes = [int(round(b * self.n)) for b in cfg.budgets]
+        if any(b <= 0 for b in cfg.budgets):
+            raise ValueError("budgets must be positive fractions")
+        self.budget_sizes = [max(1, int(round(b * self.n))) for b in cfg.budgets]
         self.generator = torch.Generator().manual_seed(seed)
         self.best: tuple[float, Tensor] = (-float("inf"), torch.zeros(self.n, dtype=torch.bool))
         self.base_value = reward(torch.zeros(self.n, dtype=torch.bool))[0]
@@ -144,8 +149,6 @@ class PruningAgent:
         for t in range(self.cfg.steps):
             node_logits, budget_logits = self._forward(pruned, t)
             m = self.budget_sizes[int(budget_logits.argmax())]
-            if m == 0:
-                break
             chosen = node_logits.masked_fill(pruned, -float("inf")).topk(min(m, int((~pruned).sum()))).indices
             order.append(chosen)
             pruned[chosen] = True
