@@ -80,13 +80,18 @@ class ONP(Defense):
 
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
+        from onp.defenses.rnp import rnp_masks
+
         model = model.to(ctx.device).eval()
         neurons = find_neurons(model, data.x_fit[:1].to(ctx.device))
         graph = build_graph(neurons)
-        probes = make_probes(model, data.x_fit, data.y_fit, data.num_classes, ctx, self.uap_eps)
+        rnp, rnp_info = rnp_masks(model, neurons, data.x_fit, data.y_fit, ctx)
+        probes = make_probes(model, data.x_fit, data.y_fit, data.num_classes, ctx, self.uap_eps,
+                             unlearned_predictions=rnp_info["unlearned_predictions"])
         timings["probes"] = time.perf_counter() - t0
         feats, names, info = neuron_features(model, graph, data.x_fit, data.y_fit, probes, ctx,
-                                             FeatureConfig(anp_iterations=self.anp_iterations))
+                                             FeatureConfig(anp_iterations=self.anp_iterations), rnp=rnp)
+        info["rnp"] = rnp_info
         timings["features"] = time.perf_counter() - t0 - timings["probes"]
         rcfg = RewardConfig(lam=self.lam, rho=self.rho, max_drop=self.max_drop)
         history: list[dict[str, float]] = []

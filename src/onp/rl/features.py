@@ -80,13 +80,17 @@ def _layer_z(v: Tensor, neurons: Neurons) -> Tensor:
 
 
 def neuron_features(model: nn.Module, graph: NeuronGraph, x: Tensor, y: Tensor, probes: ProbeSet,
-                    ctx: DefenseContext, cfg: FeatureConfig | None = None) -> tuple[Tensor, list[str], dict]:
-    """The (N, F) feature matrix (columns standardized), the column names, and diagnostics."""
+                    ctx: DefenseContext, cfg: FeatureConfig | None = None, rnp: Tensor | None = None
+                    ) -> tuple[Tensor, list[str], dict]:
+    """The (N, F) feature matrix (columns standardized), the column names, and diagnostics. ``rnp`` passes RNP
+    masks computed already (ONP computes them first: their unlearning also estimates the target)."""
     cfg = cfg or FeatureConfig()
     neurons = graph.neurons
     cols: dict[str, Tensor] = {}
+    rnp_info: dict = {}
     with ctx.progress(total=5, desc="onp: features") as bar:
-        rnp, rnp_info = rnp_masks(model, neurons, x, y, ctx, recover_epochs=cfg.rnp_recover_epochs)
+        if rnp is None:
+            rnp, rnp_info = rnp_masks(model, neurons, x, y, ctx, recover_epochs=cfg.rnp_recover_epochs)
         cols["rnp_mask"] = rnp
         bar.update(1)
         cols["anp_mask"] = anp_masks(model, neurons, x, y, ctx, iterations=cfg.anp_iterations)

@@ -137,18 +137,31 @@ class ProbeSet:
 
     target: int
     probes: list[Probe]
-    rates: dict[str, float]
+    rates: dict[str, float | int]
 
 
 def make_probes(model: nn.Module, x: Tensor, y: Tensor, num_classes: int, ctx: DefenseContext,
-                eps: float = 8 / 255, uap_steps: int = 60, patch_steps: int = 150) -> ProbeSet:
-    """Estimate the target class with an untargeted universal perturbation, then build a targeted universal
-    perturbation and an inverted patch trigger toward it."""
+                eps: float = 8 / 255, uap_steps: int = 60, patch_steps: int = 150,
+                unlearned_predictions: list[int] | None = None, collapse: float = 0.5) -> ProbeSet:
+    """Estimate the target class, then build a targeted universal perturbation and an inverted patch trigger
+    toward it.
+
+    The estimate: when RNP's unlearned model (trained to *raise* the clean loss) sends at least ``collapse`` of
+    the clean images to one class, that class (unlearning leaves the backdoor's shortcut as the easiest wrong
+    answer; on the digits BadNets model it sent all 160 images to the true target). Otherwise the class an
+    untargeted universal perturbation drives most images to.
+    """
     untargeted = universal_perturbation(model, x, y, ctx, eps, uap_steps)
     target, rate_u = dominant_class(model, x, y, lambda v: (v + untargeted).clamp(0, 1), ctx.device, num_classes)
+    rates = {"untargeted_uap": rate_u, "uap_class": target}
+    if unlearned_predictions:
+        counts = torch.tensor(unlearned_predictions, dtype=torch.float)
+        share = (counts.max() / counts.sum().clamp_min(1)).item()
+        rates["unlearned_class"], rates["unlearned_share"] = int(counts.argmax()), share
+        if share >= collapse:
+            target = int(counts.argmax())
     targeted = Probe("uap", target, delta=universal_perturbation(model, x, y, ctx, eps, uap_steps, target=target))
     patch = invert_patch(model, x, y, target, ctx, patch_steps)
-    rates = {"untargeted_uap": rate_u}
     for p in (targeted, patch):
         rates[p.kind] = probe_rate(model, x, y, p, ctx.device)
     return ProbeSet(target, [targeted, patch], rates)
