@@ -21,7 +21,7 @@ class DefenseData:
 
     Args:
         x_fit, y_fit: images in [0,1] (B, C, H, W) and labels the defense optimizes on.
-        x_val, y_val: held-out clean images for selection and stopping rules.
+        x_val, y_val: held-out clean images (reported after the defense; stopping rules use all images).
         augment: the dataset's augmentation (used by defenses that fine-tune).
     """
 

@@ -25,7 +25,7 @@ class RewardConfig:
 
     lam: float = 1.0
     """Weight of the probe rate."""
-    rho: float = 0.1
+    rho: float = 0.5
     """Weight of the pruned fraction."""
     kappa: float = 5.0
     """Weight of the clean-accuracy loss beyond ``max_drop``."""
