@@ -146,9 +146,11 @@ def test_pruning_touches_only_the_reported_neurons(name: str, first_run) -> None
         assert report["num_pruned"] > 0, "with the whole accuracy budget, a pruning defense prunes something"
     layers = pruned_channels(report)
     after = result.model.state_dict()
+    # ANP and RNP prune as their papers' code does: the weight part is zeroed and the bias kept
+    zeroed = ("weight",) if (report.get("params") or {}).get("keep_bias") else ("weight", "bias")
     for layer, idx in layers.items():
         rows = torch.tensor(sorted(idx))
-        for part in ("weight", "bias"):
+        for part in zeroed:
             if f"{layer}.{part}" in after:
                 assert (after[f"{layer}.{part}"][rows] == 0).all(), f"{layer}.{part}{sorted(idx)} not zeroed"
     if name in FINE_TUNES_AFTER_PRUNING:

@@ -82,6 +82,7 @@ class ANP(ScorePruneDefense):
 
     name = "anp"
     default_threshold = -0.2
+    keep_bias = True  # as the paper's code prunes: BatchNorm weight to zero, bias kept
 
     def __init__(self, eps: float = 0.4, pgd_steps: int = 1, alpha: float = 0.2, lr: float = 0.2,
                  iterations: int = 2000, batch_size: int = 128, **kw) -> None:

@@ -96,6 +96,7 @@ class RNP(ScorePruneDefense):
 
     name = "rnp"
     default_threshold = -0.2
+    keep_bias = True  # as the paper's code prunes: BatchNorm weight to zero, bias kept
 
     def __init__(self, unlearn_lr: float = 0.01, unlearn_epochs: int = 20, clean_threshold: float = 0.2,
                  recover_lr: float = 0.2, recover_epochs: int = 20, batch_size: int = 128, **kw) -> None:

@@ -241,10 +241,11 @@ class NeuronMask:
 
 
 @torch.no_grad()
-def fold_mask(neurons: Neurons, mask: Tensor) -> None:
+def fold_mask(neurons: Neurons, mask: Tensor, keep_bias: bool = False) -> None:
     """Write a 0/1 (or real) neuron mask into the weights, so the model needs no hooks afterwards.
 
-    A norm carrier has its weight and bias scaled; a conv/linear carrier its output rows and bias.
+    A norm carrier has its weight and bias scaled; a conv/linear carrier its output rows and bias. With
+    ``keep_bias`` the bias stays (the neuron then outputs its bias, as ANP and RNP prune).
     """
     for k, c in enumerate(neurons.carriers):
         m = mask[neurons.slice(k)].to(dtype=torch.float32)
@@ -254,5 +255,5 @@ def fold_mask(neurons: Neurons, mask: Tensor) -> None:
             raise OnpError(f"cannot fold a mask into {c.name}: its norm has no affine weight")
         if w is not None:
             w.mul_(m.to(w.device).view(-1, *([1] * (w.dim() - 1))))
-        if c.bias is not None:
+        if c.bias is not None and not keep_bias:
             c.bias.mul_(m.to(c.bias.device))
