@@ -79,12 +79,7 @@ def prune_copy(model: nn.Module, neurons: Neurons, selected: Tensor, keep_bias: 
     """A copy of ``model`` with the ``selected`` neurons folded to zero (no hooks needed afterwards); with
     ``keep_bias`` only their weight part is zeroed and they output their bias."""
     out = copy.deepcopy(model)
-    modules = dict(out.named_modules())
-    remapped = copy.copy(neurons)
-    remapped.carriers = [copy.copy(c) for c in neurons.carriers]
-    for c in remapped.carriers:
-        c.module = modules[c.name]
-    fold_mask(remapped, (~selected).float(), keep_bias=keep_bias)
+    fold_mask(neurons.on(out), (~selected).float(), keep_bias=keep_bias)
     return out
 
 

@@ -69,13 +69,7 @@ def rnp_masks(model: nn.Module, neurons: Neurons, x: Tensor, y: Tensor, ctx: Def
     """Unlearn, then recover masks; return the masks (aligned with ``neurons`` of ``model``) and diagnostics."""
     unlearned, took = unlearn(model, x, y, ctx, unlearn_lr, unlearn_epochs, clean_threshold, batch_size)
     acc = accuracy(unlearned, x, y, ctx.device)
-    # the unlearned copy has the same module names, so the neuron list maps over by name
-    mods = dict(unlearned.named_modules())
-    un_neurons = copy.copy(neurons)
-    un_neurons.carriers = [copy.copy(c) for c in neurons.carriers]
-    for c in un_neurons.carriers:
-        c.module = mods[c.name]
-        c.producer = mods[c.producer_name]
+    un_neurons = neurons.on(unlearned)
     with torch.no_grad():
         pred = torch.cat([unlearned(x[s:s + 500].to(ctx.device)).argmax(1).cpu() for s in range(0, len(x), 500)])
     masks = recover_masks(unlearned, un_neurons, x, y, ctx, recover_lr, recover_epochs, batch_size)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -90,6 +92,14 @@ class Neurons:
 
     def by_name(self) -> dict[str, Carrier]:
         return {c.name: c for c in self.carriers}
+
+    def on(self, model: nn.Module) -> Neurons:
+        """The same neurons on another instance of the architecture (a copy): carriers are matched by name."""
+        modules = dict(model.named_modules())
+        out = copy.copy(self)
+        out.carriers = [dataclasses.replace(c, module=modules[c.name], producer=modules[c.producer_name])
+                        for c in self.carriers]
+        return out
 
 
 def _unsupported(model: nn.Module) -> list[str]:
