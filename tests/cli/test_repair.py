@@ -58,7 +58,7 @@ def test_repair_user_architecture_end_to_end(tmp_path: Path, user_weights: Path,
     report = json.loads((out / "report.json").read_text())
     meta = json.loads((out / "model.json").read_text())
     assert report["method"] == "onp" and report["num_pruned"] == len(report["pruned"])
-    assert {"layer", "index"} <= set(report["pruned"][0]) if report["pruned"] else True
+    assert all({"layer", "index"} <= set(p) for p in report["pruned"])
     assert report["reward_curve"] and (out / "reward_curve.png").is_file() and (out / "reward_curve.csv").is_file()
     assert "clean_acc_defense_val" in report and report["wall_time"] > 0
     assert meta["arch"]["name"] == USER_ARCH
