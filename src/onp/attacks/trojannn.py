@@ -13,6 +13,7 @@ from onp.attacks.base import Attack
 from onp.data.base import ImageDataset
 from onp.errors import OnpError
 from onp.utils.progress import ProgressFactory, null_progress
+from onp.utils.runtime import frozen
 
 log = logging.getLogger(__name__)
 
@@ -69,41 +70,38 @@ class TrojanNN(Attack):
         if reference is None:
             raise OnpError("trojannn needs a clean reference model to optimize its trigger")
         model = reference.to(device).eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
         fc = last_linear(model)
         self.neurons = fc.weight.abs().sum(0).topk(self.num_neurons).indices.cpu()
         feats: list[Tensor] = []
         handle = fc.register_forward_pre_hook(lambda m, inp: feats.append(inp[0]))
         g = torch.Generator().manual_seed(self.seed)
-        try:
-            x0 = train.float_images(torch.randperm(len(train), generator=g)[:512]).to(device)
-            with torch.no_grad():
-                model(x0)
-            clean_max = feats.pop()[:, self.neurons.to(device)].max().item()
-            target = self.target_value if self.target_value is not None else 10 * max(clean_max, 1.0)
-            c, s = self.image_shape[0], self.patch_size
-            logit = torch.randn((c, s, s), generator=g).to(device).requires_grad_(True)
-            opt = torch.optim.Adam([logit], lr=self.lr)
-            with progress(total=self.steps, desc="trojannn: trigger") as bar:
-                for step in range(self.steps):
-                    idx = torch.randint(0, len(x0), (64,), generator=g)
-                    xb = x0[idx].clone()
-                    xb[..., -s:, -s:] = torch.sigmoid(logit)
-                    model(xb)
-                    act = feats.pop()[:, self.neurons.to(device)]
-                    loss = ((act - target) ** 2).mean()
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                    bar.update(1, act=act.mean().item())
-            self.pattern = torch.sigmoid(logit).detach().cpu()
-            log.info("trojannn: neurons %s driven from %.3g to %.3g (target %.3g)", self.neurons.tolist(),
-                     clean_max, act.mean().item(), target)
-        finally:
-            handle.remove()
-            for p in model.parameters():
-                p.requires_grad_(True)
+        with frozen(model):  # only the trigger is optimized
+            try:
+                x0 = train.float_images(torch.randperm(len(train), generator=g)[:512]).to(device)
+                with torch.no_grad():
+                    model(x0)
+                clean_max = feats.pop()[:, self.neurons.to(device)].max().item()
+                target = self.target_value if self.target_value is not None else 10 * max(clean_max, 1.0)
+                c, s = self.image_shape[0], self.patch_size
+                logit = torch.randn((c, s, s), generator=g).to(device).requires_grad_(True)
+                opt = torch.optim.Adam([logit], lr=self.lr)
+                with progress(total=self.steps, desc="trojannn: trigger") as bar:
+                    for step in range(self.steps):
+                        idx = torch.randint(0, len(x0), (64,), generator=g)
+                        xb = x0[idx].clone()
+                        xb[..., -s:, -s:] = torch.sigmoid(logit)
+                        model(xb)
+                        act = feats.pop()[:, self.neurons.to(device)]
+                        loss = ((act - target) ** 2).mean()
+                        opt.zero_grad()
+                        loss.backward()
+                        opt.step()
+                        bar.update(1, act=act.mean().item())
+                self.pattern = torch.sigmoid(logit).detach().cpu()
+                log.info("trojannn: neurons %s driven from %.3g to %.3g (target %.3g)", self.neurons.tolist(),
+                         clean_max, act.mean().item(), target)
+            finally:
+                handle.remove()
 
     def trigger_state(self) -> dict[str, Tensor]:
         if self.pattern is None:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from onp.defenses.base import DefenseContext, batches
+from onp.utils.runtime import frozen
 
 
 @dataclass
@@ -41,27 +42,14 @@ class Probe:
         return x.clamp(0, 1)
 
 
-def _freeze(model: nn.Module) -> list[bool]:
-    flags = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return flags
-
-
-def _unfreeze(model: nn.Module, flags: list[bool]) -> None:
-    for p, f in zip(model.parameters(), flags):
-        p.requires_grad_(f)
-
-
 def universal_perturbation(model: nn.Module, x: Tensor, y: Tensor, ctx: DefenseContext, eps: float = 8 / 255,
                            steps: int = 60, batch_size: int = 128, target: int | None = None) -> Tensor:
     """An L-inf universal perturbation: untargeted (raise the loss of the true labels) or toward ``target``."""
     model.eval()
-    flags = _freeze(model)
     g = torch.Generator().manual_seed(ctx.seed + 11)
     delta = torch.zeros(x.shape[1:], device=ctx.device, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=eps / 10)
-    try:
+    with frozen(model):
         step = 0
         while step < steps:
             for idx in batches(len(x), batch_size, g):
@@ -80,8 +68,6 @@ def universal_perturbation(model: nn.Module, x: Tensor, y: Tensor, ctx: DefenseC
                 with torch.no_grad():
                     delta.clamp_(-eps, eps)
                 step += 1
-    finally:
-        _unfreeze(model, flags)
     return delta.detach().cpu()
 
 
@@ -103,7 +89,6 @@ def invert_patch(model: nn.Module, x: Tensor, y: Tensor, target: int, ctx: Defen
                  l1: float = 0.01, batch_size: int = 128) -> Probe:
     """A Neural-Cleanse-style mask and pattern that send clean images of other classes to ``target``."""
     model.eval()
-    flags = _freeze(model)
     c, h, w = x.shape[1:]
     g = torch.Generator().manual_seed(ctx.seed + 13)
     mask_logit = torch.full((1, h, w), -3.0, device=ctx.device).requires_grad_(True)
@@ -111,7 +96,7 @@ def invert_patch(model: nn.Module, x: Tensor, y: Tensor, target: int, ctx: Defen
     opt = torch.optim.Adam([mask_logit, pattern_logit], lr=0.1)
     keep = y != target
     xs = x[keep]
-    try:
+    with frozen(model):
         step = 0
         while step < steps:
             for idx in batches(len(xs), batch_size, g):
@@ -125,8 +110,6 @@ def invert_patch(model: nn.Module, x: Tensor, y: Tensor, target: int, ctx: Defen
                 loss.backward()
                 opt.step()
                 step += 1
-    finally:
-        _unfreeze(model, flags)
     return Probe("patch", target, mask=torch.sigmoid(mask_logit).detach().cpu(),
                  pattern=torch.sigmoid(pattern_logit).detach().cpu())
 
