@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from onp.defenses import register_defense
-from onp.defenses.base import DefenseContext, DefenseData, batches
+from onp.defenses.base import DefenseContext, DefenseData, batch_steps
 from onp.defenses.pruning import ScorePruneDefense
 from onp.graph.neurons import NeuronMask, Neurons
 from onp.utils.runtime import frozen
@@ -35,34 +35,29 @@ def anp_masks(model: nn.Module, neurons: Neurons, x: Tensor, y: Tensor, ctx: Def
     g = torch.Generator().manual_seed(ctx.seed)
     hook = NeuronMask(neurons)
     ones = torch.ones(n, device=device)
-    it = 0
     with frozen(model), hook.applied(), ctx.progress(total=iterations, desc="anp: masks") as bar:
-        while it < iterations:
-            for idx in batches(len(x), batch_size, g):
-                if it >= iterations:
-                    break
-                xb, yb = x[idx].to(device), y[idx].to(device)
-                delta = ((torch.rand(n, generator=g) * 2 - 1) * eps).to(device).requires_grad_(True)
-                xi = ((torch.rand(n, generator=g) * 2 - 1) * eps).to(device).requires_grad_(True)
-                for _ in range(pgd_steps):
-                    hook.scale, hook.shift = m.detach() + delta, 1 + xi
-                    loss = F.cross_entropy(model(xb), yb)
-                    gd, gx = torch.autograd.grad(loss, [delta, xi])
-                    with torch.no_grad():  # a plain gradient ascent step of eps / steps, as ANP's code
-                        delta.add_((eps / pgd_steps) * gd).clamp_(-eps, eps)
-                        xi.add_((eps / pgd_steps) * gx).clamp_(-eps, eps)
-                hook.scale, hook.shift = m + delta.detach(), 1 + xi.detach()
-                loss_rob = F.cross_entropy(model(xb), yb)
-                hook.scale, hook.shift = m, ones
-                loss_nat = F.cross_entropy(model(xb), yb)
-                loss = alpha * loss_nat + (1 - alpha) * loss_rob
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                with torch.no_grad():
-                    m.clamp_(0, 1)
-                it += 1
-                bar.update(1, loss=loss.item())
+        for idx in batch_steps(len(x), batch_size, g, iterations):
+            xb, yb = x[idx].to(device), y[idx].to(device)
+            delta = ((torch.rand(n, generator=g) * 2 - 1) * eps).to(device).requires_grad_(True)
+            xi = ((torch.rand(n, generator=g) * 2 - 1) * eps).to(device).requires_grad_(True)
+            for _ in range(pgd_steps):
+                hook.scale, hook.shift = m.detach() + delta, 1 + xi
+                loss = F.cross_entropy(model(xb), yb)
+                gd, gx = torch.autograd.grad(loss, [delta, xi])
+                with torch.no_grad():  # a plain gradient ascent step of eps / steps, as ANP's code
+                    delta.add_((eps / pgd_steps) * gd).clamp_(-eps, eps)
+                    xi.add_((eps / pgd_steps) * gx).clamp_(-eps, eps)
+            hook.scale, hook.shift = m + delta.detach(), 1 + xi.detach()
+            loss_rob = F.cross_entropy(model(xb), yb)
+            hook.scale, hook.shift = m, ones
+            loss_nat = F.cross_entropy(model(xb), yb)
+            loss = alpha * loss_nat + (1 - alpha) * loss_rob
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                m.clamp_(0, 1)
+            bar.update(1, loss=loss.item())
     return m.detach().cpu()
 
 

@@ -117,3 +117,14 @@ def batches(n: int, batch_size: int, generator: torch.Generator, epochs: int = 1
         order = torch.randperm(n, generator=generator)
         for s in range(0, n, batch_size):
             yield order[s:s + batch_size]
+
+
+def batch_steps(n: int, batch_size: int, generator: torch.Generator, count: int):  # noqa: ANN201
+    """Exactly ``count`` index batches over ``n`` samples, reshuffled at every pass (for step-counted loops)."""
+    step = 0
+    while step < count:
+        for idx in batches(n, batch_size, generator):
+            if step >= count:
+                return
+            yield idx
+            step += 1

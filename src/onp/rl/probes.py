@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from onp.defenses.base import DefenseContext, batches
+from onp.defenses.base import DefenseContext, batch_steps
 from onp.utils.runtime import frozen
 
 
@@ -50,24 +50,19 @@ def universal_perturbation(model: nn.Module, x: Tensor, y: Tensor, ctx: DefenseC
     delta = torch.zeros(x.shape[1:], device=ctx.device, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=eps / 10)
     with frozen(model):
-        step = 0
-        while step < steps:
-            for idx in batches(len(x), batch_size, g):
-                if step >= steps:
-                    break
-                xb, yb = x[idx].to(ctx.device), y[idx].to(ctx.device)
-                logits = model((xb + delta).clamp(0, 1))
-                if target is None:
-                    loss = -F.cross_entropy(logits, yb)
-                else:
-                    keep = yb != target
-                    loss = F.cross_entropy(logits[keep], torch.full_like(yb[keep], target))
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                with torch.no_grad():
-                    delta.clamp_(-eps, eps)
-                step += 1
+        for idx in batch_steps(len(x), batch_size, g, steps):
+            xb, yb = x[idx].to(ctx.device), y[idx].to(ctx.device)
+            logits = model((xb + delta).clamp(0, 1))
+            if target is None:
+                loss = -F.cross_entropy(logits, yb)
+            else:
+                keep = yb != target
+                loss = F.cross_entropy(logits[keep], torch.full_like(yb[keep], target))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                delta.clamp_(-eps, eps)
     return delta.detach().cpu()
 
 
@@ -97,19 +92,14 @@ def invert_patch(model: nn.Module, x: Tensor, y: Tensor, target: int, ctx: Defen
     keep = y != target
     xs = x[keep]
     with frozen(model):
-        step = 0
-        while step < steps:
-            for idx in batches(len(xs), batch_size, g):
-                if step >= steps:
-                    break
-                xb = xs[idx].to(ctx.device)
-                m, p = torch.sigmoid(mask_logit), torch.sigmoid(pattern_logit)
-                logits = model((1 - m) * xb + m * p)
-                loss = F.cross_entropy(logits, torch.full((len(xb),), target, device=ctx.device)) + l1 * m.sum()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                step += 1
+        for idx in batch_steps(len(xs), batch_size, g, steps):
+            xb = xs[idx].to(ctx.device)
+            m, p = torch.sigmoid(mask_logit), torch.sigmoid(pattern_logit)
+            logits = model((1 - m) * xb + m * p)
+            loss = F.cross_entropy(logits, torch.full((len(xb),), target, device=ctx.device)) + l1 * m.sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
     return Probe("patch", target, mask=torch.sigmoid(mask_logit).detach().cpu(),
                  pattern=torch.sigmoid(pattern_logit).detach().cpu())
 
