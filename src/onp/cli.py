@@ -308,8 +308,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if getattr(args, "device", None) is None and "device" in args:
-        args.device = "auto"
     func: Callable[[argparse.Namespace], int] = args.func
     from tqdm.contrib.logging import logging_redirect_tqdm
 
