@@ -1,0 +1,40 @@
+import torch
+from torch import nn
+
+from onp.rl.probes import Probe, calibrate, probe_rate
+
+
+class Threshold(nn.Module):
+    """Class 1 when the image's mean brightness exceeds the image's own 'threshold' pixel, else class 0."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        score = x[:, :, :, 1:].mean((1, 2, 3)) - x[:, 0, 0, 0]
+        return torch.stack([-score, score], 1)
+
+
+def _data() -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.zeros(200, 1, 4, 4)
+    x[:, 0, 0, 0] = torch.linspace(0.01, 0.99, 200)  # images need different pushes to flip
+    return x, torch.zeros(200, dtype=torch.long)
+
+
+def test_calibrate_weakens_a_saturated_probe_to_the_rate() -> None:
+    x, y = _data()
+    delta = torch.ones(1, 4, 4)
+    delta[0, 0, 0] = 0  # brightens the image, not its threshold pixel
+    probe = Probe("uap", 1, delta=delta)
+    assert probe_rate(Threshold(), x, y, probe, torch.device("cpu")) == 1.0
+    calibrate(Threshold(), x, y, probe, torch.device("cpu"), rate=0.6, iterations=12)
+    assert 0 < probe.strength < 1
+    assert abs(probe_rate(Threshold(), x, y, probe, torch.device("cpu")) - 0.6) < 0.02
+
+
+def test_calibrate_keeps_a_weak_probe_whole() -> None:
+    x, y = _data()
+    mask = torch.full((1, 4, 4), 0.3)
+    mask[0, 0, 0] = 0
+    probe = Probe("patch", 1, mask=mask, pattern=torch.ones(1, 4, 4))
+    before = probe_rate(Threshold(), x, y, probe, torch.device("cpu"))
+    assert before < 0.6
+    calibrate(Threshold(), x, y, probe, torch.device("cpu"), rate=0.6)
+    assert probe.strength == 1.0
