@@ -77,3 +77,25 @@ def frozen(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     finally:
         for p, f in zip(model.parameters(), flags):
             p.requires_grad_(f)
+
+
+@contextlib.contextmanager
+def batch_statistics(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Inside the block the model's BatchNorm layers normalize with each batch's own statistics (train mode,
+    as ANP's and RNP's code learn their masks) while every other module stays in eval mode; the running
+    statistics and all training flags are restored afterwards, so the model leaves unchanged."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    modes = [m.training for m in model.modules()]
+    saved = [{k: v.clone() for k, v in m.named_buffers(recurse=False)} for m in bns]
+    model.eval()
+    for m in bns:
+        m.train()
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for m, bufs in zip(bns, saved):
+                for k, v in bufs.items():
+                    getattr(m, k).copy_(v)
+        for m, t in zip(model.modules(), modes):
+            m.training = t

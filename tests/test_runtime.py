@@ -1,0 +1,46 @@
+import torch
+from torch import nn
+
+from onp.utils.runtime import batch_statistics, frozen
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Dropout(0.5),
+                        nn.LazyLinear(2))
+    net(torch.rand(2, 3, 6, 6))
+    with torch.no_grad():
+        net[1].running_mean.fill_(5.0)  # far from any batch's mean, so the two modes differ
+    return net.eval()
+
+
+def test_batch_statistics_normalizes_by_batch_and_restores_everything() -> None:
+    net = _net()
+    x = torch.rand(8, 3, 6, 6)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    eval_out = net(x)
+    with batch_statistics(net):
+        assert net[1].training and not net[4].training  # BatchNorm in train mode, dropout not
+        feats = net[:2](x)
+        assert torch.allclose(feats.mean((0, 2, 3)), net[1].bias, atol=1e-5)  # normalized by this batch
+        a, b = net(x), net(x)
+        assert torch.equal(a, b)  # no dropout noise
+    assert not any(m.training for m in net.modules())
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert torch.equal(net(x), eval_out)
+
+
+def test_batch_statistics_restores_train_mode_flags() -> None:
+    net = _net().train()
+    with batch_statistics(net):
+        pass
+    assert all(m.training for m in net.modules())
+
+
+def test_frozen_restores_each_flag() -> None:
+    net = _net()
+    net[0].weight.requires_grad_(False)
+    with frozen(net):
+        assert not any(p.requires_grad for p in net.parameters())
+    assert not net[0].weight.requires_grad and net[0].bias.requires_grad and net[1].weight.requires_grad
