@@ -86,6 +86,15 @@ def test_kill_then_resume_equals_uninterrupted(grid: tuple[Path, list[dict]], tm
 
 
 @pytest.mark.slow
+def test_two_local_jobs_give_the_same_rows(grid: tuple[Path, list[dict]], tmp_path: Path) -> None:
+    cfg_path, reference = grid
+    rows = run_bench(load_bench(cfg_path), tmp_path / "jobs2.jsonl", jobs=2)
+    assert stable(rows) == stable(reference)
+    with pytest.raises(OnpError, match="--jobs"):
+        run_bench(load_bench(cfg_path), tmp_path / "jobs0.jsonl", jobs=0)
+
+
+@pytest.mark.slow
 def test_ray_executor_gives_the_same_rows(grid: tuple[Path, list[dict]], tmp_path: Path) -> None:
     pytest.importorskip("ray")
     cfg_path, reference = grid

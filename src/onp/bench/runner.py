@@ -15,7 +15,7 @@ import os
 import resource
 import socket
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -170,11 +170,15 @@ def test_pruning_curve(model: torch.nn.Module, report: dict[str, Any], data: Any
     return pruning_curve(model, neurons, ranking, ks, metric, granularity)
 
 
-def _in_subprocess(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run a cell in a fresh spawned process (own memory peak, no state shared with the parent)."""
+def _run_local(specs: list[dict[str, Any]], results: str | Path, jobs: int, bar: Any) -> None:
+    """Run each cell in a fresh spawned process (its own memory peak, no state shared with the parent), ``jobs``
+    at a time; each row is appended as soon as its cell finishes."""
     ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-        return pool.submit(run_defense_cell, spec).result()
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, max_tasks_per_child=1) as pool:
+        futures = {pool.submit(run_defense_cell, spec): spec for spec in specs}
+        for fut in as_completed(futures):
+            append_row(results, fut.result())
+            bar.update(1, cell=futures[fut]["id"].split("/")[-1])
 
 
 def cell_spec(cfg: BenchConfig, cell: DefenseCell, model_dir: Path, show_progress: bool) -> dict[str, Any]:
@@ -191,13 +195,16 @@ def cell_spec(cfg: BenchConfig, cell: DefenseCell, model_dir: Path, show_progres
 # --- the grid ---------------------------------------------------------------------------------------------------
 def run_bench(cfg: BenchConfig, results: str | Path, executor: str = "local", address: str | None = None,
               progress: ProgressFactory = null_progress, show_cell_progress: bool = False,
-              max_cells: int | None = None) -> list[dict[str, Any]]:
+              max_cells: int | None = None, jobs: int = 1) -> list[dict[str, Any]]:
     """Run every cell of ``cfg`` not yet in ``results``; return all rows (old and new) in grid order.
 
-    ``max_cells`` stops after that many new cells (for tests of resumption and for slicing long runs).
+    ``max_cells`` stops after that many new cells (for tests of resumption and for slicing long runs); ``jobs``
+    cells run at once on the local executor (give each ``threads`` cores: 2 jobs of 1 thread on 2 cores).
     """
     if executor not in EXECUTORS:
         raise OnpError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
+    if jobs < 1:
+        raise OnpError(f"--jobs must be at least 1, got {jobs}")
     models, cells = expand(cfg)
     done = {r["id"] for r in read_results(results)}
     todo = [c for c in cells if c.id not in done]
@@ -214,9 +221,7 @@ def run_bench(cfg: BenchConfig, results: str | Path, executor: str = "local", ad
     specs = [cell_spec(cfg, c, model_dirs[c.model.id], show_cell_progress) for c in todo]
     with progress(total=len(specs), desc="grid") as bar:
         if executor == "local":
-            for spec in specs:
-                append_row(results, _in_subprocess(spec))
-                bar.update(1, cell=spec["id"].split("/")[-1])
+            _run_local(specs, results, jobs, bar)
         else:
             _run_ray(specs, results, address, bar)
     order = {c.id: i for i, c in enumerate(cells)}
