@@ -58,11 +58,22 @@ def reference_model(cfg: AttackRun, train: ImageDataset, device: torch.device,
     log.info("training a clean reference model for %d epochs (cached at %s)", tcfg.epochs, path)
     seed_everything(cfg.seed + 7919)
     model = spec.build()
-    history = train_model(model, train, tcfg, device, seed=cfg.seed + 7919, progress=progress)
+    ckpt = checkpoint_path(path)
+    history = train_model(model, train, tcfg, device, seed=cfg.seed + 7919, progress=progress, checkpoint=ckpt,
+                          checkpoint_key=key)
     save_model(path, model, {"arch": spec.to_dict(), "data": {"name": cfg.data.name,
                                                               "image_shape": list(train.image_shape)},
                              "train": to_dict(tcfg), "history": history, "seed": cfg.seed, **provenance()})
+    ckpt.unlink(missing_ok=True)
     return model
+
+
+def checkpoint_path(out: str | Path) -> Path:
+    """The per-epoch training checkpoint of a model bound for ``out``: a hidden file beside it, removed once
+    the model is saved, so a killed training resumes at its last finished epoch."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out.parent / f".{out.name}.ckpt"
 
 
 def run_attack(cfg: AttackRun, progress: ProgressFactory = null_progress, clean: bool = False) -> dict[str, Any]:
@@ -84,7 +95,10 @@ def run_attack(cfg: AttackRun, progress: ProgressFactory = null_progress, clean:
     data = train if attack is None else attack.poison(train, progress)
     seed_everything(cfg.seed)
     model = spec.build()
-    history = train_model(model, data, cfg.train, device, seed=cfg.seed, progress=progress)
+    ckpt = checkpoint_path(cfg.out)
+    history = train_model(model, data, cfg.train, device, seed=cfg.seed, progress=progress, checkpoint=ckpt,
+                          checkpoint_key=config_hash({"clean": clean, **{k: v for k, v in to_dict(cfg).items()
+                                                                         if k not in ("out", "device", "threads")}}))
     metrics = evaluate(model, test, attack, device, progress=progress)
     poison = None if attack is None else {"num_poisoned": len(data.poison_idx), "num_cross": len(data.cross_idx)}
     meta = {
@@ -102,6 +116,7 @@ def run_attack(cfg: AttackRun, progress: ProgressFactory = null_progress, clean:
         **provenance(),
     }
     save_model(cfg.out, model, meta, None if attack is None else attack.trigger_state())
+    ckpt.unlink(missing_ok=True)
     log.info("saved %s: %s", cfg.out, metrics)
     return meta
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,12 +46,41 @@ def _batch(data: ImageDataset | PoisonedDataset, idx: Tensor) -> tuple[Tensor, T
     return data.float_images(idx), data.labels[idx]
 
 
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _load_checkpoint(path: Path | None, key: str) -> dict[str, Any] | None:
+    if path is None or not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and numbers only
+    except Exception as e:  # noqa: BLE001  (a torn or foreign file: start over)
+        log.warning("ignoring unreadable checkpoint %s (%s)", path, e)
+        return None
+    if state.get("key") != key:
+        log.warning("ignoring checkpoint %s: it belongs to another run", path)
+        return None
+    return state
+
+
 def train_model(model: nn.Module, data: ImageDataset | PoisonedDataset, cfg: TrainConfig, device: torch.device,
-                seed: int = 0, progress: ProgressFactory = null_progress) -> list[dict[str, Any]]:
+                seed: int = 0, progress: ProgressFactory = null_progress, checkpoint: str | Path | None = None,
+                checkpoint_key: str = "") -> list[dict[str, Any]]:
     """Train ``model`` in place on ``data``; return one record per epoch (loss, train accuracy, seconds).
 
     The order of batches and the augmentation draw from a generator seeded by ``seed``, so a run is
-    reproducible on the CPU.
+    reproducible on the CPU. With ``checkpoint``, the full training state (weights, optimizer, schedule, the
+    generator) is saved there atomically after every epoch, and a later call with the same ``checkpoint_key``
+    resumes from it: the result equals an uninterrupted run's. The caller removes the file when done.
     """
     base = data.base if isinstance(data, PoisonedDataset) else data
     augment = base.augment if cfg.augment else None
@@ -59,9 +92,21 @@ def train_model(model: nn.Module, data: ImageDataset | PoisonedDataset, cfg: Tra
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, epochs=cfg.epochs,
                                                 steps_per_epoch=steps_per_epoch)
     g = torch.Generator().manual_seed(seed)
-    history = []
+    history: list[dict[str, Any]] = []
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    start = 0
+    state = _load_checkpoint(ckpt, checkpoint_key)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        g.set_state(state["generator"])
+        history, start = list(state["history"]), int(state["epoch"])
+        log.info("resuming from %s after epoch %d", ckpt, start)
     with progress(total=cfg.epochs * steps_per_epoch, desc="train") as bar:
-        for epoch in range(cfg.epochs):
+        if start:
+            bar.update(start * steps_per_epoch)
+        for epoch in range(start, cfg.epochs):
             t0 = time.perf_counter()
             order = torch.randperm(n, generator=g)
             loss_sum, correct = 0.0, 0
@@ -83,6 +128,10 @@ def train_model(model: nn.Module, data: ImageDataset | PoisonedDataset, cfg: Tra
             rec = {"epoch": epoch + 1, "loss": loss_sum / n, "train_acc": correct / n,
                    "seconds": time.perf_counter() - t0}
             history.append(rec)
+            if ckpt is not None and epoch + 1 < cfg.epochs:
+                _save_checkpoint(ckpt, {"key": checkpoint_key, "epoch": epoch + 1, "model": model.state_dict(),
+                                        "opt": opt.state_dict(), "sched": sched.state_dict(),
+                                        "generator": g.get_state(), "history": history})
             log.debug("epoch %d/%d loss %.4f train_acc %.4f (%.1fs)", epoch + 1, cfg.epochs, rec["loss"],
                      rec["train_acc"], rec["seconds"])
     model.eval()
