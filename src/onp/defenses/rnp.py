@@ -14,7 +14,6 @@ from onp.defenses import register_defense
 from onp.defenses.base import DefenseContext, DefenseData, accuracy, batches
 from onp.defenses.pruning import ScorePruneDefense
 from onp.graph.neurons import NeuronMask, Neurons
-from onp.utils.runtime import batch_statistics
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +43,19 @@ def unlearn(model: nn.Module, x: Tensor, y: Tensor, ctx: DefenseContext, lr: flo
 def recover_masks(unlearned: nn.Module, neurons: Neurons, x: Tensor, y: Tensor, ctx: DefenseContext,
                   lr: float = 0.2, epochs: int = 20, batch_size: int = 128) -> Tensor:
     """RNP's second stage: neuron masks in [0, 1] learned on the frozen unlearned model to recover the clean
-    loss. Backdoor neurons, untouched by unlearning, are not needed for recovery and get low masks. BatchNorm
-    layers normalize with batch statistics meanwhile, as RNP's code recovers in ``model.train()``."""
+    loss. Backdoor neurons, untouched by unlearning, are not needed for recovery and get low masks.
+
+    BatchNorm layers use their running statistics here. RNP's code recovers in ``model.train()`` (batch
+    statistics); on the CIFAR-10 BadNets model that version pruned 18 neurons and left ASR at 28.0% (ACC 87.80%),
+    against 1.22% (ACC 87.33%) with running statistics, which matches the paper's BadNets result; we keep the
+    one that gives RNP its published strength."""
     for p in unlearned.parameters():
         p.requires_grad_(False)
     m = torch.ones(len(neurons), device=ctx.device, requires_grad=True)
     opt = torch.optim.SGD([m], lr=lr, momentum=0.9)
     g = torch.Generator().manual_seed(ctx.seed + 1)
     hook = NeuronMask(neurons, scale=m, shift=torch.ones(len(neurons), device=ctx.device))
-    with batch_statistics(unlearned), hook.applied():
+    with hook.applied():
         for _ in range(epochs):
             for idx in batches(len(x), batch_size, g):
                 hook.scale = m
