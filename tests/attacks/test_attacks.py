@@ -79,7 +79,10 @@ def poisoned(reference: torch.nn.Module) -> Callable[[str, int], tuple[Attack, P
 def test_poisons_exactly_the_rate(name: str, poisoned) -> None:
     attack, pd = poisoned(name)
     assert len(pd) == N
-    assert len(pd.poison_idx) == round(RATE * N) == 20
+    if attack.clean_label:  # a fraction of the target class (50 images here)
+        assert len(pd.poison_idx) == round(RATE * int((DATA.labels == TARGET).sum())) == 5
+    else:
+        assert len(pd.poison_idx) == round(RATE * N) == 20
     assert torch.equal(pd.poison_idx, pd.poison_idx.unique())  # sorted, no repeats
     assert len(set(pd.poison_idx.tolist()) & set(pd.cross_idx.tolist())) == 0
     assert torch.equal(pd.mod_idx, torch.cat([pd.poison_idx, pd.cross_idx]).sort().values)
@@ -197,10 +200,11 @@ def test_clean_label_attacks_have_no_all_to_all() -> None:
 
 
 @pytest.mark.parametrize("name", CLEAN_LABEL)
-def test_clean_label_rate_above_the_target_share(name: str, reference) -> None:
-    attack = build(name, poison_rate=0.3)  # 60 images, but the target class has 50
-    with pytest.raises(OnpError, match="only 50 target-class samples"):
-        run(attack, reference)
+def test_clean_label_rate_counts_the_target_class(name: str, reference) -> None:
+    pd = run(build(name, poison_rate=1.0), reference)
+    assert torch.equal(pd.poison_idx, torch.nonzero(DATA.labels == TARGET).flatten())  # the whole class
+    with pytest.raises(OnpError, match="no sample of a 50-image target class"):
+        run(build(name, poison_rate=0.005), reference)
 
 
 def test_rate_that_poisons_nothing() -> None:

@@ -70,7 +70,10 @@ class Attack(ABC):
         num_classes: classes of the dataset.
         image_shape: (C, H, W).
         target_label: the label poisoned samples are given (all-to-one), in ``[0, num_classes)``.
-        poison_rate: fraction of the training set that is poisoned, in (0, 1].
+        poison_rate: fraction poisoned, in (0, 1]: of the training set for dirty-label attacks, of the target
+            class for clean-label ones (as the SIG and LC papers count it). Counted over the training set, 10%
+            of CIFAR-10 is the whole target class: the LC model then never predicted class 0 without the
+            trigger (class-0 test accuracy 0.0%, ACC 80.99%).
         all_to_all: label ``y`` becomes ``(y + 1) % num_classes`` instead of ``target_label``.
         seed: seeds the choice of samples and any random trigger.
     """
@@ -154,10 +157,11 @@ class Attack(ABC):
     def select(self, labels: Tensor) -> tuple[Tensor, Tensor]:
         """Choose the poisoned and the cross indices, reproducibly for ``seed``."""
         n = len(labels)
-        n_poison = int(round(self.poison_rate * n))
-        if n_poison < 1:
-            raise OnpError(f"poison rate {self.poison_rate} poisons no sample of a {n}-image training set")
         cand = self.candidates(labels)
+        pool, what = (len(cand), "target class") if self.clean_label else (n, "training set")
+        n_poison = int(round(self.poison_rate * pool))
+        if n_poison < 1:
+            raise OnpError(f"poison rate {self.poison_rate} poisons no sample of a {pool}-image {what}")
         if len(cand) < n_poison:
             kind = "target-class" if self.clean_label else "eligible"
             raise OnpError(f"{self.name}: poison rate {self.poison_rate} needs {n_poison} samples but only "
@@ -177,8 +181,9 @@ class Attack(ABC):
 
     @torch.no_grad()
     def poison(self, train: ImageDataset, progress: ProgressFactory = null_progress) -> PoisonedDataset:
-        """Poison ``train``: exactly ``round(poison_rate * N)`` samples get the trigger (and, for dirty-label
-        attacks, the target label); cross samples get a label-keeping modification; nothing else changes."""
+        """Poison ``train``: exactly ``round(poison_rate * N)`` samples (``N``: the training set, or the target
+        class for clean-label attacks) get the trigger (and, for dirty-label attacks, the target label); cross
+        samples get a label-keeping modification; nothing else changes."""
         poison_idx, cross_idx = self.select(train.labels)
         labels = train.labels.clone()
         if not self.clean_label:
