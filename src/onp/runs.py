@@ -68,6 +68,18 @@ def reference_model(cfg: AttackRun, train: ImageDataset, device: torch.device,
     return model
 
 
+def _training_key(cfg: AttackRun, data: Any) -> str:
+    """What a checkpoint must match to be resumed: the configuration and the training data it poisoned (so a
+    change of how an attack poisons, under the same configuration, starts over)."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in to_dict(cfg).items() if k not in ("out", "device", "threads")},
+                                  sort_keys=True, default=str).encode())
+    h.update(data.labels.numpy().tobytes())
+    if hasattr(data, "poison_idx"):
+        for t in (data.poison_idx, data.cross_idx, data.mod_images[:64]):
+            h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def checkpoint_path(out: str | Path) -> Path:
     """The per-epoch training checkpoint of a model bound for ``out``: a hidden file beside it, removed once
     the model is saved, so a killed training resumes at its last finished epoch."""
@@ -97,8 +109,7 @@ def run_attack(cfg: AttackRun, progress: ProgressFactory = null_progress, clean:
     model = spec.build()
     ckpt = checkpoint_path(cfg.out)
     history = train_model(model, data, cfg.train, device, seed=cfg.seed, progress=progress, checkpoint=ckpt,
-                          checkpoint_key=config_hash({"clean": clean, **{k: v for k, v in to_dict(cfg).items()
-                                                                         if k not in ("out", "device", "threads")}}))
+                          checkpoint_key=_training_key(cfg, data))
     metrics = evaluate(model, test, attack, device, progress=progress)
     poison = None if attack is None else {"num_poisoned": len(data.poison_idx), "num_cross": len(data.cross_idx)}
     meta = {
