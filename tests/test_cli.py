@@ -64,8 +64,8 @@ BAD_ATTACKS: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
     "target-10": (lambda t: ["--dataset", "digits", "--target", "10"], ["target label 10", "out of range [0, 10)"]),
     "unknown-set-key": (lambda t: ["--dataset", "digits", "--set", "train.epoch=2"],
                         ["unknown config key 'train.epoch'", "train.epochs"]),
-    "clean-label-too-much": (lambda t: ["--dataset", "digits", "--attack", "sig", "--poison-rate", "0.5"],
-                             ["sig: poison rate 0.5", "target-class samples"]),
+    "clean-label-too-little": (lambda t: ["--dataset", "digits", "--attack", "sig", "--poison-rate", "0.001"],
+                               ["poison rate 0.001 poisons no sample", "target class"]),
 }
 
 
