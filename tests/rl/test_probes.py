@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch import nn
 
@@ -38,3 +39,22 @@ def test_calibrate_keeps_a_weak_probe_whole() -> None:
     assert before < 0.6
     calibrate(Threshold(), x, y, probe, torch.device("cpu"), rate=0.6)
     assert probe.strength == 1.0
+
+
+def test_make_probes_calibrates_to_the_asked_rate_after_a_scan(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The candidate scan measures its own rates; the probes are still calibrated to ``rate`` (a scan variable
+    once shadowed it, and the probes were calibrated to the last scanned class's rate instead)."""
+    import onp.rl.probes as probes
+    from onp.defenses.base import DefenseContext
+
+    asked = []
+    monkeypatch.setattr(probes, "universal_perturbation", lambda *a, **k: torch.zeros(1, 4, 4))
+    monkeypatch.setattr(probes, "dominant_class", lambda *a, **k: (1, 0.5))
+    monkeypatch.setattr(probes, "probe_rate", lambda *a, **k: 0.9)
+    monkeypatch.setattr(probes, "invert_patch", lambda model, x, y, t, *a, **k: Probe(
+        "patch", t, mask=torch.zeros(1, 4, 4), pattern=torch.zeros(1, 4, 4)))
+    monkeypatch.setattr(probes, "calibrate", lambda model, x, y, p, device, rate: asked.append(rate) or p)
+    x, y = _data()
+    ps = probes.make_probes(Threshold(), x, y, 2, DefenseContext(), unlearned_predictions=[50, 50], rate=0.6)
+    assert "scan_uap_0" in ps.rates and "scan_uap_1" in ps.rates
+    assert asked == [0.6, 0.6]

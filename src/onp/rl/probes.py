@@ -186,9 +186,8 @@ def make_probes(model: nn.Module, x: Tensor, y: Tensor, num_classes: int, ctx: D
         scores = {}
         for c in candidates:
             delta = universal_perturbation(model, x, y, ctx, eps, max(1, uap_steps // 2), target=c)
-            rate = probe_rate(model, x, y, Probe("uap", c, delta=delta), ctx.device)
-            scores[c] = share[c].item() + rate
-            rates[f"scan_uap_{c}"] = rate
+            rates[f"scan_uap_{c}"] = probe_rate(model, x, y, Probe("uap", c, delta=delta), ctx.device)
+            scores[c] = share[c].item() + rates[f"scan_uap_{c}"]
         target = max(scores, key=scores.get)
     rates["target_estimate"] = target
     targeted = Probe("uap", target, delta=universal_perturbation(model, x, y, ctx, eps, uap_steps, target=target))
