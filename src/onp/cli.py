@@ -210,7 +210,8 @@ def _attack_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="registry name or path/file.py:factory")
     p.add_argument("--width", type=int)
     p.add_argument("--attack")
-    p.add_argument("--poison-rate", type=float)
+    p.add_argument("--poison-rate", type=float,
+                   help="fraction poisoned: of the training set, of the target class for clean-label attacks")
     p.add_argument("--target", type=int, help="target label")
     p.add_argument("--all-to-all", action="store_true")
     p.add_argument("--epochs", type=int)

@@ -49,7 +49,7 @@ class AttackConfig:
     name: str = "badnets"
     """Registry name (``onp list attacks``)."""
     poison_rate: float = 0.1
-    """Fraction of the training set that is poisoned, in (0, 1]."""
+    """Fraction poisoned, in (0, 1]: of the training set, or of the target class for clean-label attacks."""
     target_label: int = 0
     """Label the trigger leads to (all-to-one)."""
     all_to_all: bool = False
