@@ -29,14 +29,14 @@ def anp_masks(model: nn.Module, neurons: Neurons, x: Tensor, y: Tensor, ctx: Def
     masks of a CIFAR-10 BadNets ResNet-18 fell below 0.2; batch statistics renormalize each layer.
     """
     device = ctx.device
-    model.eval()
     n = len(neurons)
     m = torch.ones(n, device=device, requires_grad=True)
     opt = torch.optim.SGD([m], lr=lr, momentum=0.9)
     g = torch.Generator().manual_seed(ctx.seed)
     hook = NeuronMask(neurons)
     ones = torch.ones(n, device=device)
-    with frozen(model), batch_statistics(model), hook.applied(), ctx.progress(total=iterations, desc="anp: masks") as bar:
+    with frozen(model), batch_statistics(model), hook.applied(), \
+            ctx.progress(total=iterations, desc="anp: masks") as bar:
         for idx in batch_steps(len(x), batch_size, g, iterations):
             xb, yb = x[idx].to(device), y[idx].to(device)
             delta = ((torch.rand(n, generator=g) * 2 - 1) * eps).to(device).requires_grad_(True)
