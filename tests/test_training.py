@@ -5,6 +5,7 @@ import torch
 
 import onp.training as training
 from onp.data import create_dataset
+from onp.errors import OnpError
 from onp.models import create_model
 from onp.training import TrainConfig, train_model
 
@@ -62,3 +63,11 @@ def test_checkpoint_of_another_run_is_ignored(tmp_path: Path) -> None:
     ckpt.write_bytes(b"torn")
     model, _ = _setup()
     assert len(train_model(model, data, CFG, torch.device("cpu"), seed=3, checkpoint=ckpt, checkpoint_key="a")) == 3
+
+
+def test_a_diverging_run_stops_with_an_error_instead_of_training_on() -> None:
+    model, data = _setup()
+    data.images = data.images.float()
+    data.images[5] = float("nan")  # one bad image: the batch that holds it gives a NaN loss
+    with pytest.raises(OnpError, match="diverged"):
+        train_model(model, data, TrainConfig(epochs=1, batch_size=len(data), lr=0.05), torch.device("cpu"), seed=3)

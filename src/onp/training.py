@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import tempfile
 import time
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 
 from onp.attacks.base import PoisonedDataset
 from onp.data.base import ImageDataset
+from onp.errors import OnpError
 from onp.utils.progress import ProgressFactory, null_progress
 
 log = logging.getLogger(__name__)
@@ -122,9 +124,13 @@ def train_model(model: nn.Module, data: ImageDataset | PoisonedDataset, cfg: Tra
                 loss.backward()
                 opt.step()
                 sched.step()
-                loss_sum += loss.item() * len(idx)
+                loss_val = loss.item()
+                if not math.isfinite(loss_val):
+                    raise OnpError(f"training diverged: the loss is {loss_val} at epoch {epoch + 1}, step {s + 1}; "
+                                   "lower the learning rate or check the data for non-finite values")
+                loss_sum += loss_val * len(idx)
                 correct += (logits.argmax(1) == y).sum().item()
-                bar.update(1, epoch=epoch + 1, loss=loss.item())
+                bar.update(1, epoch=epoch + 1, loss=loss_val)
             rec = {"epoch": epoch + 1, "loss": loss_sum / n, "train_acc": correct / n,
                    "seconds": time.perf_counter() - t0}
             history.append(rec)

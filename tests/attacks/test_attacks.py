@@ -307,3 +307,20 @@ def test_bpp_quantizes(dithering: bool) -> None:
         values = out[:, c].unique()
         assert len(values) <= levels
         assert torch.isclose(values[:, None], grid[None], atol=1e-6).any(1).all(), values
+
+
+def test_inputaware_diversity_has_a_finite_gradient_when_two_outputs_coincide() -> None:
+    from onp.attacks.inputaware import _diversity
+
+    x1, x2 = torch.rand(4, 3, 8, 8), torch.rand(4, 3, 8, 8)
+    g = torch.zeros(4, 1, 8, 8, requires_grad=True)  # a saturated mask generator: every mask is all zeros
+    h = torch.zeros(4, 1, 8, 8, requires_grad=True)
+    _diversity(x1, x2, g, h).backward()
+    assert torch.isfinite(g.grad).all() and torch.isfinite(h.grad).all()
+
+
+def test_a_trigger_that_yields_non_finite_images_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    attack = build("badnets")
+    monkeypatch.setattr(attack, "apply", lambda x: torch.full_like(x, float("nan")))
+    with pytest.raises(OnpError, match="non-finite"):
+        attack.poison(DATA)

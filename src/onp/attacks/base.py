@@ -202,6 +202,8 @@ class Attack(ABC):
                     out[offset:offset + len(chunk)] = fn(train.float_images(chunk), chunk).clamp(0, 1)
                     offset += len(chunk)
                     bar.update(len(chunk))
+        if not torch.isfinite(out).all():
+            raise OnpError(f"{self.name}: the poisoned images hold non-finite values; the trigger is broken")
         log.info("%s: poisoned %d of %d samples, %d cross samples", self.name, len(poison_idx), len(train),
                  len(cross_idx))
         return PoisonedDataset(train, labels, poison_idx, cross_idx, mod_idx, out[order])

@@ -21,7 +21,8 @@ _EPS = 1e-7
 
 
 class TriggerGenerator(nn.Module):
-    """The paper's encoder-decoder generator, narrower: two down and two up stages.
+    """The paper's encoder-decoder generator, narrower: two down and two up stages. As in the authors' code, the
+    output is batch-normalised, so that the mask's steep threshold ``tanh(20 m - 10)`` starts unsaturated.
 
     Shapes:
         input (B, in_channels, H, W) in [0,1], H and W divisible by 4; output (B, out_channels, H, W) raw.
@@ -39,7 +40,7 @@ class TriggerGenerator(nn.Module):
             *block(w, 2 * w), nn.MaxPool2d(2),
             *block(2 * w, 4 * w), nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
             *block(4 * w, 2 * w), nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-            *block(2 * w, w), nn.Conv2d(w, out_channels, 3, padding=1),
+            *block(2 * w, w), nn.Conv2d(w, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -47,10 +48,19 @@ class TriggerGenerator(nn.Module):
 
 
 def _diversity(x1: Tensor, x2: Tensor, g1: Tensor, g2: Tensor) -> Tensor:
-    """The paper's diversity loss: input distance over output distance, so distinct inputs get distinct outputs."""
-    d_in = (x1 - x2).pow(2).flatten(1).mean(1).sqrt()
-    d_out = (g1 - g2).pow(2).flatten(1).mean(1).sqrt()
+    """The paper's diversity loss: input distance over output distance, so distinct inputs get distinct outputs.
+
+    The squared distances are floored before the square root: two identical (saturated) outputs would otherwise
+    give an infinite gradient times zero, a NaN that poisons the generator after a few steps.
+    """
+    d_in = (x1 - x2).pow(2).flatten(1).mean(1).clamp_min(_EPS ** 2).sqrt()
+    d_out = (g1 - g2).pow(2).flatten(1).mean(1).clamp_min(_EPS ** 2).sqrt()
     return (d_in / (d_out + _EPS)).mean()
+
+
+def _check_finite(loss: Tensor, stage: str) -> None:
+    if not torch.isfinite(loss):
+        raise OnpError(f"inputaware: the {stage}'s loss became {loss.item()}; its training diverged")
 
 
 @register_attack
@@ -144,6 +154,7 @@ class InputAware(Attack):
                     m1, m2 = self._mask(x1), self._mask(x2)
                     loss = self.lambda_norm * F.relu(m1.mean() - self.mask_density) + \
                         self.lambda_div * _diversity(x1, x2, m1, m2)
+                    _check_finite(loss, "mask generator")
                     opt_m.zero_grad()
                     loss.backward()
                     opt_m.step()
@@ -168,6 +179,7 @@ class InputAware(Attack):
                     logits = clf(xs)
                     div = _diversity(x1[:n_bd], x2[:n_bd], self._pattern(x1[:n_bd]), self._pattern(x2[:n_bd]))
                     loss = F.cross_entropy(logits, ys) + self.lambda_div * div
+                    _check_finite(loss, "pattern generator")
                     opt_c.zero_grad()
                     opt_g.zero_grad()
                     loss.backward()
