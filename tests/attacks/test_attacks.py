@@ -284,6 +284,19 @@ def test_sig_adds_the_sinusoid() -> None:
     assert signal[0].abs() < 1e-6 and signal.abs().max() <= 20 / 255 + 1e-6
 
 
+def test_sig_test_time_signal_may_be_stronger_than_the_training_one() -> None:
+    attack = build("sig", test_delta=40 / 255)
+    x = torch.full((2, *SHAPE), 0.5)
+    train_signal = attack.poison_images(x, torch.arange(2)) - x
+    test_signal = attack.apply(x) - x
+    assert torch.allclose(test_signal, 2 * train_signal, atol=1e-6)
+    assert train_signal.abs().max() <= 20 / 255 + 1e-6
+    poisoned = attack.poison(DATA)  # the training set carries the weaker signal
+    i = poisoned.poison_idx[0]
+    diff = poisoned.batch(i[None])[0] - DATA.float_images(i[None])
+    assert diff.abs().max() <= 20 / 255 + 1 / 255
+
+
 def test_wanet_warp_is_fixed_and_identity_at_zero_strength() -> None:
     x = DATA.float_images(slice(0, 4))
     attack = build("wanet")
