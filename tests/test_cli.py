@@ -166,3 +166,23 @@ def test_attack_then_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert row["asr"] + row["ra"] <= 1
     for k in ("clean_acc", "asr", "ra"):  # eval rebuilds model and trigger and measures the same numbers
         assert row[k] == pytest.approx(meta["metrics"][k]), k
+
+
+def test_eval_with_the_trigger_of_another_model(tmp_path: Path, digits_model: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    attacked = tmp_path / "attacked"
+    assert main(attack_argv(attacked, "--dataset", "digits", "--seed", "3")) == 0
+    capsys.readouterr()
+    # a copy whose metadata knows neither the dataset nor the attack, as onp repair writes it
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "model.safetensors").write_bytes((attacked / "model.safetensors").read_bytes())
+    meta = json.loads((attacked / META).read_text())
+    (bare / META).write_text(json.dumps({"arch": meta["arch"], "data": {"name": "imagefolder"}}))
+    assert main(["eval", str(bare), "--trigger-from", str(attacked), "--json", "--threads", "1"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    for k in ("clean_acc", "asr", "ra"):
+        assert row[k] == pytest.approx(meta["metrics"][k]), k
+
+    code = main(["eval", str(bare), "--trigger-from", str(digits_model), "--threads", "1"])
+    assert_one_line_error(capsys, code, "records no attack", "--trigger-from")

@@ -90,6 +90,11 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str |
     model.load_state_dict(state)
 
 
+def read_model_meta(path: str | Path) -> dict[str, Any]:
+    """The metadata of a saved model directory, without building the model."""
+    return read_json(_model_dir(path) / META)
+
+
 def load_model(path: str | Path, arch: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Load a saved model directory; ``arch`` must name the user file again for user architectures."""
     d = _model_dir(path)

@@ -96,7 +96,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     rows = []
     for path in args.models:
-        m = run_eval(path, data_root=args.data_root, arch=args.arch, device=args.device, progress=_progress())
+        m = run_eval(path, data_root=args.data_root, arch=args.arch, device=args.device, progress=_progress(),
+                     trigger_from=args.trigger_from)
         rows.append({"model": str(path), **m})
     if args.json:
         import json
@@ -243,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("models", nargs="+", help="model directories made by onp attack / defend / repair")
     p.add_argument("--data-root", help="dataset folder (default: the one recorded in the model)")
     p.add_argument("--arch", help="the user architecture file, for models that use one")
+    p.add_argument("--trigger-from", metavar="DIR",
+                   help="evaluate with the dataset and trigger of this model made by onp attack (for models "
+                        "repaired by onp repair)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _common(p)
     p.set_defaults(func=cmd_eval)

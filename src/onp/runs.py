@@ -13,10 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from onp.artifacts import ArchSpec, load_attack, load_model, save_model
+from onp.artifacts import ArchSpec, load_attack, load_model, read_model_meta, save_model
 from onp.attacks import create_attack
 from onp.config import AttackRun, to_dict
 from onp.data import ImageDataset, create_dataset
+from onp.errors import OnpError
 from onp.evaluate import evaluate
 from onp.training import TrainConfig, train_model
 from onp.utils.progress import ProgressFactory, null_progress
@@ -133,12 +134,21 @@ def run_attack(cfg: AttackRun, progress: ProgressFactory = null_progress, clean:
 
 
 def run_eval(path: str | Path, data_root: str | None = None, arch: str | None = None, device: str = "auto",
-             progress: ProgressFactory = null_progress) -> dict[str, float]:
-    """ACC, ASR, RA of the saved model at ``path`` on its dataset's test split."""
+             progress: ProgressFactory = null_progress, trigger_from: str | Path | None = None) -> dict[str, float]:
+    """ACC, ASR, RA of the saved model at ``path`` on its dataset's test split.
+
+    ``trigger_from``: a model directory made by ``onp attack`` whose dataset and trigger to use instead of
+    ``path``'s own (for a model repaired by ``onp repair``, whose metadata knows neither).
+    """
     dev = resolve_device(device)
     model, meta = load_model(path, arch)
-    data = meta.get("data") or {}
-    root = data_root or (meta.get("config") or {}).get("data", {}).get("root")
+    source, source_path = meta, path
+    if trigger_from is not None:
+        source, source_path = read_model_meta(trigger_from), trigger_from
+        if not source.get("attack"):
+            raise OnpError(f"{trigger_from} records no attack; --trigger-from needs a model made by onp attack")
+    data = source.get("data") or {}
+    root = data_root or (source.get("config") or {}).get("data", {}).get("root")
     test = create_dataset(data.get("name", "cifar10"), root, "test")
-    attack = load_attack(path, meta)
+    attack = load_attack(source_path, source)
     return evaluate(model.to(dev), test, attack, dev, progress=progress)
