@@ -95,6 +95,22 @@ def test_two_local_jobs_give_the_same_rows(grid: tuple[Path, list[dict]], tmp_pa
 
 
 @pytest.mark.slow
+def test_a_failing_cell_is_reported_and_does_not_stop_the_others(grid: tuple[Path, list[dict]],
+                                                                tmp_path: Path) -> None:
+    cfg_path, reference = grid
+    text = cfg_path.read_text().replace("  - {name: finetune, params: {epochs: 1}}",
+                                        "  - {name: finetune, params: {epochs: 1}}\n"
+                                        "  - {name: finetune, label: broken, params: {epochs: oops}}")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(text)
+    results = tmp_path / "broken.jsonl"
+    with pytest.raises(OnpError, match="2 of 6 cells failed"):
+        run_bench(load_bench(broken), results)
+    rows = read_results(results)
+    assert stable(rows) == stable(reference)  # the four good cells, as in an uninterrupted run
+
+
+@pytest.mark.slow
 def test_ray_executor_gives_the_same_rows(grid: tuple[Path, list[dict]], tmp_path: Path) -> None:
     pytest.importorskip("ray")
     cfg_path, reference = grid
@@ -136,6 +152,9 @@ def test_bad_config_is_refused(tmp_path: Path) -> None:
     p = tmp_path / "bad.yaml"
     p.write_text("name: x\ndefenses: [{name: nope}]\n")
     with pytest.raises(OnpError, match="unknown defense 'nope'"):
+        load_bench(p)
+    p.write_text("name: x\ndefenses: [{name: clp, params: {nonsense: 1}}]\n")
+    with pytest.raises(OnpError, match="bad parameters for defense 'clp'.*nonsense"):
         load_bench(p)
     p.write_text("name: x\ndefenses: []\n")
     with pytest.raises(OnpError, match="no defenses"):

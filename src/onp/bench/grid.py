@@ -123,10 +123,10 @@ def load_bench(path: str | Path, overrides: dict[str, Any] | None = None) -> Ben
     if not cfg.defenses:
         raise OnpError(f"{path}: the benchmark lists no defenses")
     from onp.attacks import list_attacks
-    from onp.defenses import DEFENSES
+    from onp.defenses import create_defense
 
     for d in cfg.defenses:
-        DEFENSES.get(d.name)  # unknown names fail before any work
+        create_defense(d.name, **d.params)  # unknown names and parameters fail before any work
     for a in cfg.attacks:
         if a.name not in list_attacks():
             from onp.attacks import ATTACKS

@@ -15,6 +15,7 @@ import os
 import resource
 import socket
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
@@ -170,15 +171,29 @@ def test_pruning_curve(model: torch.nn.Module, report: dict[str, Any], data: Any
     return pruning_curve(model, neurons, ranking, ks, metric, granularity)
 
 
-def _run_local(specs: list[dict[str, Any]], results: str | Path, jobs: int, bar: Any) -> None:
+def _run_local(specs: list[dict[str, Any]], results: str | Path, jobs: int, bar: Any) -> list[str]:
     """Run each cell in a fresh spawned process (its own memory peak, no state shared with the parent), ``jobs``
-    at a time; each row is appended as soon as its cell finishes."""
+    at a time; each row is appended as soon as its cell finishes. Returns the ids of the cells that failed."""
     ctx = mp.get_context("spawn")
+    failed: list[str] = []
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, max_tasks_per_child=1) as pool:
         futures = {pool.submit(run_defense_cell, spec): spec for spec in specs}
         for fut in as_completed(futures):
-            append_row(results, fut.result())
+            _collect(results, futures[fut], fut.result, failed)
             bar.update(1, cell=futures[fut]["id"].split("/")[-1])
+    return failed
+
+
+def _collect(results: str | Path, spec: dict[str, Any], get: Callable[[], dict[str, Any]], failed: list[str]) -> None:
+    """Append a finished cell's row; a cell that raised is logged and left out (a rerun retries it), so one bad
+    cell does not stop a night's grid."""
+    try:
+        row = get()
+    except Exception as e:  # noqa: BLE001 - any failure of the cell's own code
+        log.error("cell %s failed: %s: %s", spec["id"], type(e).__name__, e)
+        failed.append(spec["id"])
+        return
+    append_row(results, row)
 
 
 def cell_spec(cfg: BenchConfig, cell: DefenseCell, model_dir: Path, show_progress: bool) -> dict[str, Any]:
@@ -221,15 +236,18 @@ def run_bench(cfg: BenchConfig, results: str | Path, executor: str = "local", ad
     specs = [cell_spec(cfg, c, model_dirs[c.model.id], show_cell_progress) for c in todo]
     with progress(total=len(specs), desc="grid") as bar:
         if executor == "local":
-            _run_local(specs, results, jobs, bar)
+            failed = _run_local(specs, results, jobs, bar)
         else:
-            _run_ray(specs, results, address, bar)
+            failed = _run_ray(specs, results, address, bar)
+    if failed:
+        raise OnpError(f"{len(failed)} of {len(specs)} cells failed (their errors are logged above; a rerun retries "
+                       f"them): {', '.join(failed)}")
     order = {c.id: i for i, c in enumerate(cells)}
     rows = [r for r in read_results(results) if r["id"] in order]
     return sorted(rows, key=lambda r: order[r["id"]])
 
 
-def _run_ray(specs: list[dict[str, Any]], results: str | Path, address: str | None, bar: Any) -> None:
+def _run_ray(specs: list[dict[str, Any]], results: str | Path, address: str | None, bar: Any) -> list[str]:
     try:
         import ray
     except ImportError:
@@ -243,12 +261,14 @@ def _run_ray(specs: list[dict[str, Any]], results: str | Path, address: str | No
         # a fresh worker process per cell (max_calls=1), so its memory peak is the cell's own
         task = ray.remote(num_cpus=1, max_calls=1)(run_defense_cell)
         pending = {task.remote(s): s for s in specs}
+        failed: list[str] = []
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
                 spec = pending.pop(ref)
-                append_row(results, ray.get(ref))
+                _collect(results, spec, lambda ref=ref: ray.get(ref), failed)
                 bar.update(1, cell=spec["id"].split("/")[-1])
+        return failed
     finally:
         if started_here:
             ray.shutdown()
