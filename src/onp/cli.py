@@ -168,7 +168,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     cfg = load_bench(args.config, parse_set(args.set or []))
     results = args.results or str(Path(args.config).with_suffix(".jsonl"))
     rows = run_bench(cfg, results, executor=args.executor, address=args.address, jobs=args.jobs,
-                     progress=_progress(), show_cell_progress=not args.quiet, max_cells=args.max_cells)
+                     progress=_progress(), show_cell_progress=not args.quiet, max_cells=args.max_cells,
+                     only=args.only)
     print(f"{len(rows)} rows in {results}")
     print_table([{"attack": r["attack"]["name"], "defense": r["defense"], "seed": r["seed"], **{
         k: r[k] for k in ("clean_acc", "asr", "ra", "der", "wall_time")}} for r in rows],
@@ -289,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address (default: start a local one)")
     p.add_argument("--jobs", type=int, default=1, help="cells at once on the local executor (default 1)")
     p.add_argument("--max-cells", type=int, help="stop after this many new cells")
+    p.add_argument("--only", action="append", metavar="GLOB",
+                   help="run only the cells whose id matches, e.g. '*-sig-*/onp-s0-*' (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar for the cell in flight")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     p.add_argument("-v", "--verbose", action="store_true")

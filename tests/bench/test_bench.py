@@ -111,6 +111,17 @@ def test_a_failing_cell_is_reported_and_does_not_stop_the_others(grid: tuple[Pat
 
 
 @pytest.mark.slow
+def test_only_runs_the_matching_cells_and_they_count_for_the_whole_grid(grid: tuple[Path, list[dict]],
+                                                                       tmp_path: Path) -> None:
+    cfg_path, reference = grid
+    results = tmp_path / "sliced.jsonl"
+    rows = run_bench(load_bench(cfg_path), results, only=["*/clp-s1-*"])
+    assert [(r["defense"], r["seed"]) for r in rows] == [("clp", 1)]
+    rows = run_bench(load_bench(cfg_path), results)  # the rest; the slice is not redone
+    assert stable(rows) == stable(reference)
+
+
+@pytest.mark.slow
 def test_ray_executor_gives_the_same_rows(grid: tuple[Path, list[dict]], tmp_path: Path) -> None:
     pytest.importorskip("ray")
     cfg_path, reference = grid

@@ -8,6 +8,7 @@ function on the same inputs, so they give the same rows.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import multiprocessing as mp
@@ -210,11 +211,13 @@ def cell_spec(cfg: BenchConfig, cell: DefenseCell, model_dir: Path, show_progres
 # --- the grid ---------------------------------------------------------------------------------------------------
 def run_bench(cfg: BenchConfig, results: str | Path, executor: str = "local", address: str | None = None,
               progress: ProgressFactory = null_progress, show_cell_progress: bool = False,
-              max_cells: int | None = None, jobs: int = 1) -> list[dict[str, Any]]:
+              max_cells: int | None = None, jobs: int = 1, only: list[str] | None = None) -> list[dict[str, Any]]:
     """Run every cell of ``cfg`` not yet in ``results``; return all rows (old and new) in grid order.
 
     ``max_cells`` stops after that many new cells (for tests of resumption and for slicing long runs); ``jobs``
-    cells run at once on the local executor (give each ``threads`` cores: 2 jobs of 1 thread on 2 cores).
+    cells run at once on the local executor (give each ``threads`` cores: 2 jobs of 1 thread on 2 cores);
+    ``only`` keeps the cells whose id (``<dataset>-<model>-<attack>-s<seed>-<hash>/<defense>-s<seed>-<hash>``)
+    matches one of these shell patterns, and trains only their models.
     """
     if executor not in EXECUTORS:
         raise OnpError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
@@ -223,6 +226,8 @@ def run_bench(cfg: BenchConfig, results: str | Path, executor: str = "local", ad
     models, cells = expand(cfg)
     done = {r["id"] for r in read_results(results)}
     todo = [c for c in cells if c.id not in done]
+    if only:
+        todo = [c for c in todo if any(fnmatch.fnmatchcase(c.id, pat) for pat in only)]
     if max_cells is not None:
         todo = todo[:max_cells]
     zoo = Path(cfg.zoo)
