@@ -176,6 +176,26 @@ def test_deterministic_for_a_seed(name: str, first_run, trained: nn.Module, data
     assert all(torch.equal(a[k], b[k]) for k in a), f"{name}: two runs with seed 0 gave different weights"
 
 
+def test_onp_ablations_reuse_onp_evidence_and_rank_as_without_it(trained: nn.Module, data: DefenseData,
+                                                                    tmp_path) -> None:  # noqa: ANN001
+    ctx = DefenseContext(seed=0, cache_dir=str(tmp_path))
+    first = create_defense("onp", **ONP_FAST).repair(copy.deepcopy(trained), data, ctx)
+    assert first.report["evidence_cached_seconds"] == 0.0
+    assert len(list(tmp_path.glob("onp-evidence-*.json"))) == 1
+    for name in ("onp_norl", "onp"):
+        params = FAST[name]
+        cached = create_defense(name, **params).repair(copy.deepcopy(trained), data, ctx)
+        fresh = create_defense(name, **params).repair(copy.deepcopy(trained), data, DefenseContext(seed=0))
+        assert cached.report["evidence_cached_seconds"] > 0
+        assert cached.report["ranking"] == fresh.report["ranking"]
+        assert cached.report["pruned"] == fresh.report["pruned"]
+        assert cached.report["probe"] == fresh.report["probe"]
+    # another seed draws other probes: it does not reuse this entry
+    create_defense("onp_norl", **FAST["onp_norl"]).repair(copy.deepcopy(trained), data,
+                                                         DefenseContext(seed=1, cache_dir=str(tmp_path)))
+    assert len(list(tmp_path.glob("onp-evidence-*.json"))) == 2
+
+
 # --- bad input ------------------------------------------------------------------------------------------------
 def test_unknown_defense_lists_the_valid_names() -> None:
     with pytest.raises(OnpError) as e:

@@ -69,6 +69,9 @@ class DefenseContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 0
     progress: ProgressFactory = null_progress
+    cache_dir: str | None = None
+    """Where a defense may keep what it computed from this model and clean set, for other defenses or reruns
+    (ONP's evidence, shared with its ablations); ``None``: no cache."""
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -80,6 +81,8 @@ class ONP(Defense):
         from onp.rl.probes import make_probes
         from onp.rl.reward import CleanReward, RewardConfig
 
+        from onp.rl.evidence import Evidence, evidence_key, load_evidence, save_evidence
+
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         from onp.defenses.rnp import rnp_masks
@@ -87,14 +90,28 @@ class ONP(Defense):
         model = model.to(ctx.device).eval()
         neurons = find_neurons(model, data.x_fit[:1].to(ctx.device))
         graph = build_graph(neurons)
-        rnp, rnp_info = rnp_masks(model, neurons, data.x_fit, data.y_fit, ctx)
-        probes = make_probes(model, data.x_fit, data.y_fit, data.num_classes, ctx, self.uap_eps,
-                             unlearned_predictions=rnp_info["unlearned_predictions"])
-        timings["probes"] = time.perf_counter() - t0
-        feats, names, info = neuron_features(model, graph, data.x_fit, data.y_fit, probes, ctx,
-                                             FeatureConfig(anp_iterations=self.anp_iterations), rnp=rnp)
-        info["rnp"] = rnp_info
-        timings["features"] = time.perf_counter() - t0 - timings["probes"]
+        key = ev = None
+        if ctx.cache_dir is not None:  # ONP and its ablations share the evidence of a model and clean set
+            key = evidence_key(model, data.x_fit, data.y_fit, {"seed": ctx.seed, "uap_eps": self.uap_eps,
+                                                               "anp_iterations": self.anp_iterations})
+            ev = load_evidence(Path(ctx.cache_dir), key)
+        cached = ev is not None
+        if ev is None:
+            rnp, rnp_info = rnp_masks(model, neurons, data.x_fit, data.y_fit, ctx)
+            probes = make_probes(model, data.x_fit, data.y_fit, data.num_classes, ctx, self.uap_eps,
+                                 unlearned_predictions=rnp_info["unlearned_predictions"])
+            timings["probes"] = time.perf_counter() - t0
+            feats, names, info = neuron_features(model, graph, data.x_fit, data.y_fit, probes, ctx,
+                                                 FeatureConfig(anp_iterations=self.anp_iterations), rnp=rnp)
+            info["rnp"] = rnp_info
+            timings["features"] = time.perf_counter() - t0 - timings["probes"]
+            ev = Evidence(rnp, rnp_info, probes, feats, names, info, dict(timings))
+            if key is not None:
+                save_evidence(Path(ctx.cache_dir), key, ev)
+        else:
+            log.info("onp: evidence loaded from the cache (computed in %.0f s)", sum(ev.timings.values()))
+            timings["probes"] = timings["features"] = 0.0
+        probes, feats, names, info = ev.probes, ev.feats, ev.names, ev.info
         rcfg = RewardConfig(lam=self.lam, rho=self.rho, max_drop=self.max_drop)
         history: list[dict[str, float]] = []
         if self.rl:
@@ -136,6 +153,7 @@ class ONP(Defense):
             "chosen": chosen, "clean_acc_defense_val": accuracy(repaired, data.x_val, data.y_val, ctx.device),
             "graph": {"nodes": n, "edges": int(graph.edge_index.shape[1]), "groups": len(set(c.group for c in neurons.carriers))},
             "timings": timings, "wall_time": time.perf_counter() - t0,
+            "evidence_cached_seconds": sum(ev.timings.values()) if cached else 0.0,
         }
         return DefenseResult(repaired, report)
 
