@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import time
@@ -20,6 +18,7 @@ from onp.data import ImageDataset, create_dataset
 from onp.errors import OnpError
 from onp.evaluate import evaluate
 from onp.training import TrainConfig, train_model
+from onp.utils.io import stable_hash
 from onp.utils.progress import ProgressFactory, null_progress
 from onp.utils.runtime import provenance, resolve_device, seed_everything, set_threads
 
@@ -32,7 +31,7 @@ def cache_dir() -> Path:
 
 
 def config_hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return stable_hash(obj)
 
 
 def arch_for(cfg: AttackRun, data: ImageDataset) -> ArchSpec:
@@ -72,13 +71,10 @@ def reference_model(cfg: AttackRun, train: ImageDataset, device: torch.device,
 def _training_key(cfg: AttackRun, data: Any) -> str:
     """What a checkpoint must match to be resumed: the configuration and the training data it poisoned (so a
     change of how an attack poisons, under the same configuration, starts over)."""
-    h = hashlib.sha256(json.dumps({k: v for k, v in to_dict(cfg).items() if k not in ("out", "device", "threads")},
-                                  sort_keys=True, default=str).encode())
-    h.update(data.labels.numpy().tobytes())
+    tensors = [data.labels]
     if hasattr(data, "poison_idx"):
-        for t in (data.poison_idx, data.cross_idx, data.mod_images[:64]):
-            h.update(t.contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+        tensors += [data.poison_idx, data.cross_idx, data.mod_images[:64]]
+    return stable_hash({k: v for k, v in to_dict(cfg).items() if k not in ("out", "device", "threads")}, tensors)
 
 
 def checkpoint_path(out: str | Path) -> Path:

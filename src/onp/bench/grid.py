@@ -7,8 +7,6 @@ rerun reuses finished work and a changed setting is a new cell.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ from typing import Any
 from onp.config import AttackConfig, AttackRun, DataConfig, ModelConfig, from_dict, to_dict
 from onp.errors import OnpError
 from onp.training import TrainConfig
+from onp.utils.io import stable_hash
 
 
 @dataclass
@@ -79,7 +78,7 @@ class BenchConfig:
 
 def key(obj: Any) -> str:
     """A short stable hash of a JSON-able object."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return stable_hash(obj, length=12)
 
 
 def attack_key(run: AttackRun) -> str:

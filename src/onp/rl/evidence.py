@@ -9,8 +9,6 @@ safetensors and JSON, so loading runs no code.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +19,7 @@ from torch import Tensor, nn
 
 from onp.errors import OnpError
 from onp.rl.probes import Probe, ProbeSet
-from onp.utils.io import load_tensors, read_json, save_tensors, write_json
+from onp.utils.io import load_tensors, read_json, save_tensors, stable_hash, write_json
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +40,9 @@ class Evidence:
 
 def evidence_key(model: nn.Module, x: Tensor, y: Tensor, params: dict[str, Any]) -> str:
     """A hash of everything the evidence depends on."""
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    h.update(x.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    h.update(y.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    h.update(json.dumps({"version": VERSION, **params}, sort_keys=True).encode())
-    return h.hexdigest()[:20]
+    state = sorted(model.state_dict().items())
+    return stable_hash({"version": VERSION, "params": params, "state": [k for k, _ in state]},
+                       [v for _, v in state] + [x, y], length=20)
 
 
 def save_evidence(cache: Path, key: str, ev: Evidence) -> None:

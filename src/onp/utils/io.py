@@ -1,8 +1,9 @@
-"""Atomic writes, and weights that never run code: safetensors with a JSON metadata sidecar."""
+"""Atomic writes, weights that never run code (safetensors with a JSON metadata sidecar), and stable hashes."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -16,6 +17,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from onp.errors import OnpError
+
+
+def stable_hash(obj: Any, tensors: tuple[torch.Tensor, ...] | list[torch.Tensor] = (), length: int = 16) -> str:
+    """A short hex digest of a JSON-able ``obj`` (keys sorted) followed by the raw bytes of ``tensors``: the same
+    inputs give the same key in every process and on every run."""
+    h = hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode())
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:length]
 
 
 @contextlib.contextmanager
