@@ -140,6 +140,14 @@ def test_report_writes_tables_and_plots(grid: tuple[Path, list[dict]], tmp_path:
     assert "**" in md  # the best per row is marked
     assert "onp bench tiny.yaml" in md
     assert (out / "tiny.html").read_text().startswith("<!doctype html>")
+    # the summary: one line per defense, its worst attack no better than its mean
+    summary = md.split("## Summary per defense")[1].split("##")[0]
+    lines = [ln.split(" | ") for ln in summary.splitlines() if ln.startswith("| ")][1:]
+    assert [ln[0].strip("| ") for ln in lines] == ["clp", "finetune"]
+    rows = read_results(results)
+    for ln in lines:
+        assert int(ln[1]) == sum(r["defense"] == ln[0].strip("| ") for r in rows)
+        assert float(ln[4]) >= float(ln[3]) and float(ln[6]) >= float(ln[5])
     for png in ("asr_vs_acc.png", "asr_bars.png", "clean_acc_bars.png", "pruning_curves.png"):
         assert (out / png).stat().st_size > 1000, png
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import html
 import math
+import os
+import shutil
 import statistics
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from onp.bench import plots
 from onp.bench.runner import read_results
 from onp.errors import OnpError
-import os
-import shutil
-import tempfile
 
 METRICS = (("clean_acc", "ACC", max), ("asr", "ASR", min), ("ra", "RA", max), ("der", "DER", max))
 
@@ -75,6 +75,27 @@ def metric_table(agg: dict[str, Any], metric: str, label: str, better: Any) -> l
     return rows
 
 
+def summary_table(rows: list[dict[str, Any]], defenses: list[str]) -> list[list[str]]:
+    """Per defense, over all its cells: mean and worst ACC drop and ASR, mean DER, mean and longest wall time.
+    The mean ASR and drop are over attacks (each attack's mean over seeds), as in the per-attack tables."""
+    out = [["defense", "cells", "attacks", "mean ACC drop", "worst ACC drop", "mean ASR", "worst ASR", "mean DER",
+            "mean time (s)", "longest (s)"]]
+    for d in defenses:
+        rs = [r for r in rows if r["defense"] == d]
+        by_attack: dict[str, list[dict[str, Any]]] = {}
+        for r in rs:
+            by_attack.setdefault(r["attack"]["name"], []).append(r)
+        drop = {a: statistics.fmean(r["before"]["clean_acc"] - r["clean_acc"] for r in v) for a, v in by_attack.items()}
+        asr = {a: statistics.fmean(r["asr"] for r in v) for a, v in by_attack.items()}
+        der_ = {a: statistics.fmean(r["der"] for r in v) for a, v in by_attack.items()}
+        times = [r["wall_time"] for r in rs]
+        out.append([d, str(len(rs)), str(len(by_attack)), f"{100 * statistics.fmean(drop.values()):.2f}",
+                    f"{100 * max(drop.values()):.2f}", f"{100 * statistics.fmean(asr.values()):.2f}",
+                    f"{100 * max(asr.values()):.2f}", f"{100 * statistics.fmean(der_.values()):.2f}",
+                    f"{statistics.fmean(times):.0f}", f"{max(times):.0f}"])
+    return out
+
+
 def runtime_table(agg: dict[str, Any]) -> list[list[str]]:
     """Mean defense wall time per attack, and ONP's time as a ratio to ANP's and RNP's on the same models."""
     ds = agg["defenses"]
@@ -119,8 +140,10 @@ def write_report(results: str | Path, out: str | Path, title: str | None = None,
     agg = aggregate(rows)
     seeds = sorted({r["seed"] for r in rows})
     sections: list[tuple[str, list[list[str]]]] = [
-        (f"{label} (%) per attack and defense, mean ± std over seeds", metric_table(agg, m, label, better))
-        for m, label, better in METRICS]
+        ("Summary per defense (%, means over attacks; worst: the worst attack's mean over seeds)",
+         summary_table(rows, agg["defenses"]))]
+    sections += [(f"{label} (%) per attack and defense, mean ± std over seeds", metric_table(agg, m, label, better))
+                 for m, label, better in METRICS]
     sections.append(("Defense wall time (s), mean over seeds", runtime_table(agg)))
     out.mkdir(parents=True, exist_ok=True)
     # written beside ``out`` first, then moved in file by file: ``out`` may also hold the results themselves
