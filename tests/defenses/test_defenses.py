@@ -238,3 +238,21 @@ def test_defense_data_split(digits: ImageDataset) -> None:
     assert len(d.x_fit) + len(d.x_val) == 200 and len(d.x_val) == 40
     assert d.x_fit.dtype == torch.float32 and 0 <= d.x_all.min() and d.x_all.max() <= 1
     assert set(d.y_val.tolist()) == set(range(K)), "the held-out part has every class"
+
+
+def test_selection_curve_stops_past_the_bound(trained: nn.Module, data: DefenseData) -> None:
+    from onp.defenses.pruning import pruning_curve
+    from onp.graph import find_neurons
+
+    neurons = find_neurons(trained, data.x_fit[:1])
+    accs = iter([0.9, 0.89, 0.85, 0.7, 0.95, 0.95])  # falls 20 points at the fourth point; would "recover" after
+
+    def metric(m: nn.Module) -> dict[str, float]:
+        return {"clean_acc": next(accs)}
+
+    ranking = torch.arange(len(neurons))
+    full = pruning_curve(trained, neurons, ranking, [0, 1, 2, 3, 4, 5], metric)
+    assert [p["k"] for p in full] == [0, 1, 2, 3, 4, 5]
+    accs = iter([0.9, 0.89, 0.85, 0.7, 0.95, 0.95])
+    cut = pruning_curve(trained, neurons, ranking, [0, 1, 2, 3, 4, 5], metric, stop_below=0.12)
+    assert [p["k"] for p in cut] == [0, 1, 2, 3]

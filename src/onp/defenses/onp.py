@@ -15,6 +15,7 @@ from onp.defenses import register_defense
 from onp.defenses.base import Defense, DefenseContext, DefenseData, DefenseResult, accuracy
 from onp.defenses.pruning import (
     GRANULARITIES,
+    STOP_MARGIN,
     choose_prefix,
     describe,
     k_grid,
@@ -135,7 +136,8 @@ class ONP(Defense):
         def metric(m: nn.Module) -> dict[str, float]:
             return val.evaluate(m)
 
-        curve = pruning_curve(model, neurons, ranking, k_grid(n, self.max_fraction), metric, self.granularity)
+        curve = pruning_curve(model, neurons, ranking, k_grid(n, self.max_fraction), metric, self.granularity,
+                              stop_below=self.max_drop + STOP_MARGIN)
         acc0 = curve[0]["clean_acc"]
         for p in curve:
             p["objective"] = val.value({**p, "pruned_fraction": p["pruned"] / n}, acc0)
