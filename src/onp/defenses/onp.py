@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +25,11 @@ from onp.defenses.pruning import (
 )
 from onp.errors import OnpError
 from onp.graph import build_graph, find_neurons
+from onp.graph.build import NeuronGraph
+from onp.graph.neurons import Neurons
+
+if TYPE_CHECKING:
+    from onp.rl.evidence import Evidence
 
 log = logging.getLogger(__name__)
 
@@ -76,42 +81,48 @@ class ONP(Defense):
         self.lam, self.rho, self.uap_eps, self.anp_iterations = lam, rho, uap_eps, anp_iterations
         self.reward_images, self.tolerance = reward_images, tolerance
 
-    def repair(self, model: nn.Module, data: DefenseData, ctx: DefenseContext) -> DefenseResult:
-        # onp.rl builds on the baselines (its features are their scores), so it is imported here, not at the top
+    def _evidence(self, model: nn.Module, neurons: Neurons, graph: NeuronGraph, data: DefenseData,
+                  ctx: DefenseContext) -> tuple[Evidence, bool]:
+        """RNP masks, probes and features: from ``ctx.cache_dir`` when ONP or an ablation already gathered them for
+        this model, clean set and seed (then ``True``), else computed (and stored there, if given)."""
+        from onp.defenses.rnp import rnp_masks
+        from onp.rl.evidence import Evidence, evidence_key, load_evidence, save_evidence
         from onp.rl.features import FeatureConfig, neuron_features
         from onp.rl.probes import make_probes
-        from onp.rl.reward import CleanReward, RewardConfig
 
-        from onp.rl.evidence import Evidence, evidence_key, load_evidence, save_evidence
-
-        t0 = time.perf_counter()
-        timings: dict[str, float] = {}
-        from onp.defenses.rnp import rnp_masks
-
-        model = model.to(ctx.device).eval()
-        neurons = find_neurons(model, data.x_fit[:1].to(ctx.device))
-        graph = build_graph(neurons)
-        key = ev = None
-        if ctx.cache_dir is not None:  # ONP and its ablations share the evidence of a model and clean set
+        key = None
+        if ctx.cache_dir is not None:
             key = evidence_key(model, data.x_fit, data.y_fit, {"seed": ctx.seed, "uap_eps": self.uap_eps,
                                                                "anp_iterations": self.anp_iterations})
             ev = load_evidence(Path(ctx.cache_dir), key)
-        cached = ev is not None
-        if ev is None:
-            rnp, rnp_info = rnp_masks(model, neurons, data.x_fit, data.y_fit, ctx)
-            probes = make_probes(model, data.x_fit, data.y_fit, data.num_classes, ctx, self.uap_eps,
-                                 unlearned_predictions=rnp_info["unlearned_predictions"])
-            timings["probes"] = time.perf_counter() - t0
-            feats, names, info = neuron_features(model, graph, data.x_fit, data.y_fit, probes, ctx,
-                                                 FeatureConfig(anp_iterations=self.anp_iterations), rnp=rnp)
-            info["rnp"] = rnp_info
-            timings["features"] = time.perf_counter() - t0 - timings["probes"]
-            ev = Evidence(rnp, rnp_info, probes, feats, names, info, dict(timings))
-            if key is not None:
-                save_evidence(Path(ctx.cache_dir), key, ev)
-        else:
-            log.info("onp: evidence loaded from the cache (computed in %.0f s)", sum(ev.timings.values()))
-            timings["probes"] = timings["features"] = 0.0
+            if ev is not None:
+                log.info("onp: evidence loaded from the cache (computed in %.0f s)", sum(ev.timings.values()))
+                return ev, True
+        t0 = time.perf_counter()
+        rnp, rnp_info = rnp_masks(model, neurons, data.x_fit, data.y_fit, ctx)
+        probes = make_probes(model, data.x_fit, data.y_fit, data.num_classes, ctx, self.uap_eps,
+                             unlearned_predictions=rnp_info["unlearned_predictions"])
+        t_probes = time.perf_counter() - t0
+        feats, names, info = neuron_features(model, graph, data.x_fit, data.y_fit, probes, ctx,
+                                             FeatureConfig(anp_iterations=self.anp_iterations), rnp=rnp)
+        info["rnp"] = rnp_info
+        timings = {"probes": t_probes, "features": time.perf_counter() - t0 - t_probes}
+        ev = Evidence(rnp, rnp_info, probes, feats, names, info, timings)
+        if key is not None:
+            save_evidence(Path(ctx.cache_dir), key, ev)
+        return ev, False
+
+    def repair(self, model: nn.Module, data: DefenseData, ctx: DefenseContext) -> DefenseResult:
+        # onp.rl builds on the baselines (its features are their scores), so it is imported here, not at the top
+        from onp.rl.reward import CleanReward, RewardConfig
+
+        t0 = time.perf_counter()
+        model = model.to(ctx.device).eval()
+        neurons = find_neurons(model, data.x_fit[:1].to(ctx.device))
+        graph = build_graph(neurons)
+        ev, cached = self._evidence(model, neurons, graph, data, ctx)
+        # a cached stage took no time here; the report says what computing it took
+        timings: dict[str, float] = {"probes": 0.0, "features": 0.0} if cached else dict(ev.timings)
         probes, feats, names, info = ev.probes, ev.feats, ev.names, ev.info
         rcfg = RewardConfig(lam=self.lam, rho=self.rho, max_drop=self.max_drop)
         history: list[dict[str, float]] = []
