@@ -83,7 +83,7 @@ class ONP(Defense):
 
     def _evidence(self, model: nn.Module, neurons: Neurons, graph: NeuronGraph, data: DefenseData,
                   ctx: DefenseContext) -> tuple[Evidence, bool]:
-        """RNP masks, probes and features: from ``ctx.cache_dir`` when ONP or an ablation already gathered them for
+        """Probes and features (RNP's masks among them): from ``ctx.cache_dir`` when ONP or an ablation already gathered them for
         this model, clean set and seed (then ``True``), else computed (and stored there, if given)."""
         from onp.defenses.rnp import rnp_masks
         from onp.rl.evidence import Evidence, evidence_key, load_evidence, save_evidence
@@ -107,7 +107,7 @@ class ONP(Defense):
                                              FeatureConfig(anp_iterations=self.anp_iterations), rnp=rnp)
         info["rnp"] = rnp_info
         timings = {"probes": t_probes, "features": time.perf_counter() - t0 - t_probes}
-        ev = Evidence(rnp, rnp_info, probes, feats, names, info, timings)
+        ev = Evidence(probes, feats, names, info, timings)
         if key is not None:
             save_evidence(Path(ctx.cache_dir), key, ev)
         return ev, False

@@ -1,4 +1,5 @@
-"""ONP's evidence (RNP masks, probes, the per-neuron feature matrix), optionally cached on disk.
+"""ONP's evidence (the probes and the per-neuron feature matrix, RNP's masks among its columns),
+cached on disk.
 
 ONP and its two ablations gather the same evidence from the same model and clean images and differ only in how
 they rank neurons. With a cache directory (the benchmark passes one), the first of them to run stores the
@@ -14,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from onp.errors import OnpError
@@ -29,8 +29,6 @@ VERSION = 1
 
 @dataclass
 class Evidence:
-    rnp: Tensor
-    rnp_info: dict[str, Any]
     probes: ProbeSet
     feats: Tensor
     names: list[str]
@@ -46,7 +44,7 @@ def evidence_key(model: nn.Module, x: Tensor, y: Tensor, params: dict[str, Any])
 
 
 def save_evidence(cache: Path, key: str, ev: Evidence) -> None:
-    tensors = {"rnp": ev.rnp, "feats": ev.feats}
+    tensors = {"feats": ev.feats}
     probes = []
     for i, p in enumerate(ev.probes.probes):
         fields = [f for f in ("delta", "mask", "pattern") if getattr(p, f) is not None]
@@ -55,7 +53,7 @@ def save_evidence(cache: Path, key: str, ev: Evidence) -> None:
     save_tensors(cache / f"onp-evidence-{key}.safetensors", tensors)
     # the JSON is written last: its presence marks a complete entry
     write_json(cache / f"onp-evidence-{key}.json", {
-        "version": VERSION, "rnp_info": ev.rnp_info, "names": ev.names, "info": ev.info, "timings": ev.timings,
+        "version": VERSION, "names": ev.names, "info": ev.info, "timings": ev.timings,
         "probes": {"target": ev.probes.target, "rates": ev.probes.rates, "probes": probes}})
 
 
@@ -69,7 +67,7 @@ def load_evidence(cache: Path, key: str) -> Evidence | None:
                         **{f: t[f"probe{i}.{f}"] for f in p["fields"]})
                   for i, p in enumerate(meta["probes"]["probes"])]
         ps = ProbeSet(int(meta["probes"]["target"]), probes, meta["probes"]["rates"])
-        return Evidence(t["rnp"], meta["rnp_info"], ps, t["feats"], meta["names"], meta["info"], meta["timings"])
+        return Evidence(ps, t["feats"], meta["names"], meta["info"], meta["timings"])
     except (OnpError, KeyError, TypeError, ValueError) as e:  # a torn or foreign entry: recompute
         log.warning("ignoring the evidence cache entry %s: %s", meta_path, e)
         return None
