@@ -201,3 +201,22 @@ def test_shipped_configs_load_and_expand(path: Path) -> None:
     models, cells = expand(cfg)
     assert len(cells) == len(models) * len(cfg.defenses) * len(cfg.seeds)
     assert len({c.id for c in cells}) == len(cells)
+
+
+def test_metric_table_marks_partial_means_and_lone_values() -> None:
+    from onp.bench.report import aggregate, metric_table
+
+    def row(attack: str, defense: str, asr: float) -> dict:
+        return {"attack": {"name": attack}, "defense": defense, "asr": asr, "clean_acc": 0.9, "ra": 0.5,
+                "der": 0.9, "wall_time": 1.0, "before": {"clean_acc": 0.9, "asr": 1.0, "ra": 0.0}}
+
+    rows = [row("a", "x", 0.1), row("b", "x", 0.4), row("a", "y", 0.0), row("a", "z", 0.2), row("b", "z", 0.2)]
+    table = metric_table(aggregate(rows), "asr", "ASR", min)
+    header, ra, rb, mean = table
+    assert header == ["attack", "no defense", "x", "y", "z"]
+    assert ra[2:] == ["10.00", "**0.00**", "20.00"]
+    assert rb[2:] == ["40.00", "-", "**20.00**"]
+    # y covers one attack of two: its mean is marked and may not win; x and z compete
+    assert mean[2:] == ["25.00", "0.00 (1 of 2)", "**20.00**"]
+    lone = metric_table(aggregate([row("a", "x", 0.1)]), "asr", "ASR", min)
+    assert "**" not in "".join(lone[1] + lone[2])

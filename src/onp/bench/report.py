@@ -60,17 +60,22 @@ def metric_table(agg: dict[str, Any], metric: str, label: str, better: Any) -> l
         cells = agg["table"].get(a, {})
         vals = {d: cells[d][metric] for d in agg["defenses"] if d in cells}
         finite = [v[0] for v in vals.values() if not math.isnan(v[0])]
-        best = better(finite) if finite else None
+        best = better(finite) if len(finite) > 1 else None  # a lone value is nobody's best
         row = [a] + ([_fmt(agg["before"][a][metric])] if metric != "der" else [])
         row += [_fmt(vals[d], best=(vals[d][0] == best)) if d in vals else "-" for d in agg["defenses"]]
         rows.append(row)
     mean_row = ["mean"] + ([_fmt((_mean_std([agg["before"][a][metric][0] for a in agg["attacks"]])[0], 0.0))]
                            if metric != "der" else [])
-    means = {d: _mean_std([agg["table"][a][d][metric][0] for a in agg["attacks"] if d in agg["table"].get(a, {})])
-             for d in agg["defenses"]}
-    finite = [v[0] for v in means.values() if not math.isnan(v[0])]
-    best = better(finite) if finite else None
-    mean_row += [_fmt((means[d][0], 0.0), best=(means[d][0] == best)) for d in agg["defenses"]]
+    # a defense's mean over fewer attacks than the others' is not comparable: it is marked and never bold
+    covered = {d: [a for a in agg["attacks"] if d in agg["table"].get(a, {})] for d in agg["defenses"]}
+    means = {d: _mean_std([agg["table"][a][d][metric][0] for a in covered[d]]) for d in agg["defenses"]}
+    complete = [means[d][0] for d in agg["defenses"]
+                if len(covered[d]) == len(agg["attacks"]) and not math.isnan(means[d][0])]
+    best = better(complete) if len(complete) > 1 else None
+    for d in agg["defenses"]:
+        partial = len(covered[d]) < len(agg["attacks"])
+        text = _fmt((means[d][0], 0.0), best=not partial and means[d][0] == best)
+        mean_row.append(f"{text} ({len(covered[d])} of {len(agg['attacks'])})" if partial and covered[d] else text)
     rows.append(mean_row)
     return rows
 
