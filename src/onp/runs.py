@@ -17,6 +17,7 @@ from onp.config import AttackRun, to_dict
 from onp.data import ImageDataset, create_dataset
 from onp.errors import OnpError
 from onp.evaluate import evaluate
+from onp.models import is_user_spec
 from onp.training import TrainConfig, train_model
 from onp.utils.io import stable_hash
 from onp.utils.progress import ProgressFactory, null_progress
@@ -35,6 +36,11 @@ def config_hash(obj: Any) -> str:
 
 
 def arch_for(cfg: AttackRun, data: ImageDataset) -> ArchSpec:
+    """Registry models get the dataset's normalization in front; a user's model takes [0, 1] images and
+    normalizes them itself (the convention of ``onp repair``, whose ``--weights`` are the user model's own
+    state dict), so it is built bare and its weights stay the user's format."""
+    if is_user_spec(cfg.model.name):
+        return ArchSpec(cfg.model.name, data.num_classes, data.image_shape[0], None, None, cfg.model.kwargs())
     return ArchSpec(cfg.model.name, data.num_classes, data.image_shape[0], list(data.mean), list(data.std),
                     cfg.model.kwargs())
 

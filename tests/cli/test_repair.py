@@ -137,3 +137,43 @@ def test_repair_rejects_weights_that_do_not_fit(tmp_path: Path, user_weights: Pa
     out = tmp_path / "out"
     expect_error(["repair", "--arch", USER_ARCH, "--weights", str(user_weights), "--clean", str(clean),
                   "--out", str(out)], capsys, out, "do not fit")
+
+
+DIGITS_NET = """
+import torch
+from torch import nn
+
+def build(num_classes=10):
+    # takes [0, 1] images and normalizes them itself, as onp expects of a user's model
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, num_classes))
+
+        def forward(self, x):
+            return self.body((x - 0.3) / 0.4)
+    return Net()
+"""
+
+
+def test_weights_from_onp_attack_on_a_user_file_feed_onp_repair(tmp_path: Path, capsys) -> None:
+    """`onp attack --model file.py:build` saves the user model's own state dict (no normalization wrapped
+    around a model that normalizes itself), which is what `onp repair --weights` loads."""
+    from onp.artifacts import load_model
+    from onp.repair import build_user_model
+    from onp.utils.io import load_tensors
+
+    arch_file = tmp_path / "digits_net.py"
+    arch_file.write_text(DIGITS_NET)
+    arch = f"{arch_file}:build"
+    attacked = tmp_path / "attacked"
+    code, _, err = run(["attack", "--dataset", "digits", "--model", arch, "--epochs", "1", "--threads", "1",
+                        "--device", "cpu", "--out", str(attacked)], capsys)
+    assert code == 0, err
+    saved = load_tensors(attacked / "model.safetensors")
+    assert set(saved) == set(create_model(arch, 10, 1).state_dict())
+    model, _ = build_user_model(arch, attacked / "model.safetensors", 10, 1, None, None)
+    reference, _ = load_model(attacked, arch=arch)
+    x = torch.rand(5, 1, 8, 8)
+    assert torch.equal(model(x), reference(x))
