@@ -58,3 +58,15 @@ def test_make_probes_calibrates_to_the_asked_rate_after_a_scan(monkeypatch: pyte
     ps = probes.make_probes(Threshold(), x, y, 2, DefenseContext(), unlearned_predictions=[50, 50], rate=0.6)
     assert "scan_uap_0" in ps.rates and "scan_uap_1" in ps.rates
     assert asked == [0.6, 0.6]
+
+
+def test_with_full_strength_adds_a_full_copy_of_each_weakened_probe() -> None:
+    from onp.rl.probes import ProbeSet
+
+    weak = Probe("uap", 1, delta=torch.ones(1, 4, 4), strength=0.3)
+    whole = Probe("patch", 1, mask=torch.ones(1, 4, 4), pattern=torch.zeros(1, 4, 4))
+    both = ProbeSet(1, [weak, whole], {}).with_full_strength()
+    assert [(p.kind, p.strength) for p in both.probes] == [("uap", 0.3), ("patch", 1.0), ("uap", 1.0)]
+    assert weak.strength == 0.3  # the calibrated probe itself is unchanged
+    x = torch.zeros(2, 1, 4, 4)
+    assert torch.allclose(both.probes[2].apply(x), torch.ones_like(x))

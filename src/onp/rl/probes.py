@@ -13,6 +13,7 @@ Neither sees the real trigger, target label or test set.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -141,6 +142,12 @@ class ProbeSet:
     target: int
     probes: list[Probe]
     rates: dict[str, float | int]
+
+    def with_full_strength(self) -> ProbeSet:
+        """These probes plus a full-strength copy of each weakened one: a weakened probe breaks before the real
+        trigger does (see :class:`~onp.defenses.onp.ONP`'s ``stop_full``)."""
+        full = [dataclasses.replace(p, strength=1.0) for p in self.probes if p.strength < 1.0]
+        return ProbeSet(self.target, self.probes + full, self.rates)
 
 
 def make_probes(model: nn.Module, x: Tensor, y: Tensor, num_classes: int, ctx: DefenseContext,
