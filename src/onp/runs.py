@@ -39,10 +39,9 @@ def arch_for(cfg: AttackRun, data: ImageDataset) -> ArchSpec:
     """Registry models get the dataset's normalization in front; a user's model takes [0, 1] images and
     normalizes them itself (the convention of ``onp repair``, whose ``--weights`` are the user model's own
     state dict), so it is built bare and its weights stay the user's format."""
-    if is_user_spec(cfg.model.name):
-        return ArchSpec(cfg.model.name, data.num_classes, data.image_shape[0], None, None, cfg.model.kwargs())
-    return ArchSpec(cfg.model.name, data.num_classes, data.image_shape[0], list(data.mean), list(data.std),
-                    cfg.model.kwargs())
+    user = is_user_spec(cfg.model.name)
+    return ArchSpec(cfg.model.name, data.num_classes, data.image_shape[0], None if user else list(data.mean),
+                    None if user else list(data.std), cfg.model.kwargs())
 
 
 def reference_model(cfg: AttackRun, train: ImageDataset, device: torch.device,
