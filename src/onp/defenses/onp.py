@@ -87,8 +87,9 @@ class ONP(Defense):
 
     def _evidence(self, model: nn.Module, neurons: Neurons, graph: NeuronGraph, data: DefenseData,
                   ctx: DefenseContext) -> tuple[Evidence, bool]:
-        """Probes and features (RNP's masks among them): from ``ctx.cache_dir`` when ONP or an ablation already gathered them for
-        this model, clean set and seed (then ``True``), else computed (and stored there, if given)."""
+        """Probes and features (RNP's masks among them): from ``ctx.cache_dir`` when ONP or an ablation already
+        gathered them for this model, clean set and seed (then ``True``), else computed (and stored there, if
+        given)."""
         from onp.defenses.rnp import rnp_masks
         from onp.rl.evidence import Evidence, evidence_key, load_evidence, save_evidence
         from onp.rl.features import FeatureConfig, neuron_features
