@@ -181,7 +181,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from onp.bench.report import write_report
 
-    out = write_report(args.results, args.out, title=args.title, command=args.command_line)
+    out = write_report(args.results, args.out, title=args.title, command=args.command_line, checks=args.checks)
     print(f"wrote {out}")
     return 0
 
@@ -302,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--title", help="report name (default: the benchmark's)")
     p.add_argument("--command-line", help="the command that made the results, printed in the report")
+    p.add_argument("--checks", help="YAML of published behaviour to hold the rows against (a 'checks:' list)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_report)
 

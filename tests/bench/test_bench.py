@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from onp.bench.grid import load_bench
-from onp.bench.report import write_report
+from onp.bench.report import checks_table, load_checks, write_report
 from onp.bench.runner import append_row, der, read_results, run_bench
 from onp.errors import OnpError
 
@@ -133,8 +133,12 @@ def test_ray_executor_gives_the_same_rows(grid: tuple[Path, list[dict]], tmp_pat
 def test_report_writes_tables_and_plots(grid: tuple[Path, list[dict]], tmp_path: Path) -> None:
     cfg_path, _ = grid
     results = cfg_path.parent / "uninterrupted.jsonl"
-    out = write_report(results, tmp_path / "report", command="onp bench tiny.yaml")
+    checks = tmp_path / "checks.yaml"
+    checks.write_text("checks: [{claim: 'CLP keeps ACC above 1%', defense: clp, attack: badnets, metric: clean_acc, "
+                      "above: 0.01}]\n")
+    out = write_report(results, tmp_path / "report", command="onp bench tiny.yaml", checks=checks)
     md = (out / "tiny.md").read_text()
+    assert "## Checks against published behaviour" in md and "| CLP keeps ACC above 1% | seed 0: " in md
     for head in ("ACC (%)", "ASR (%)", "RA (%)", "DER (%)", "wall time"):
         assert head in md
     assert "**" in md  # the best per row is marked
@@ -184,6 +188,48 @@ def test_bad_config_is_refused(tmp_path: Path) -> None:
     with pytest.raises(OnpError, match="unknown executor"):
         p.write_text("name: x\ndefenses: [{name: clp}]\n")
         run_bench(load_bench(p), tmp_path / "r.jsonl", executor="slurm")
+
+
+def _row(defense: str, attack: str, seed: int, asr: float) -> dict:
+    return {"defense": defense, "attack": {"name": attack}, "seed": seed, "asr": asr}
+
+
+def test_checks_hold_each_seed_against_the_bar(tmp_path: Path) -> None:
+    p = tmp_path / "checks.yaml"
+    p.write_text("checks:\n"
+                 "  - {claim: 'A below 5%', defense: a, attack: x, metric: asr, below: 0.05}\n"
+                 "  - {claim: 'B below 5%', defense: b, attack: x, metric: asr, below: 0.05}\n"
+                 "  - {claim: 'C below 5%', defense: c, attack: x, metric: asr, below: 0.05}\n"
+                 "  - {claim: 'D above 50%', defense: a, attack: y, metric: asr, above: 0.5}\n"
+                 "  - {claim: 'E needs no data', evidence: 'a test'}\n")
+    rows = [_row("a", "x", 1, 0.01), _row("a", "x", 0, 0.02), _row("b", "x", 0, 0.01), _row("b", "x", 1, 0.9),
+            _row("a", "y", 0, 0.1)]
+    table = checks_table(rows, load_checks(p))
+    assert table[1:] == [["A below 5%", "seed 0: 2.00, seed 1: 1.00", "yes"],
+                         ["B below 5%", "seed 0: 1.00, seed 1: 90.00", "at 1 of 2 seeds"],
+                         ["C below 5%", "not run", "-"],
+                         ["D above 50%", "seed 0: 10.00", "no"],
+                         ["E needs no data", "a test", "see there"]]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("checks: []\n", "non-empty 'checks:' list"),
+    ("checks: [{defense: a}]\n", "needs a 'claim'"),
+    ("checks: [{claim: c, defense: a, attack: x, metric: asr, below: 0.1, colour: red}]\n", "unknown key 'colour'"),
+    ("checks: [{claim: c, defense: a, attack: x, metric: speed, below: 0.1}]\n", "metric"),
+    ("checks: [{claim: c, defense: a, attack: x, metric: asr}]\n", "'below' or 'above'"),
+    ("checks: [{claim: c, defense: a, attack: x, metric: asr, below: 0.1, above: 0.0}]\n", "'below' or 'above'"),
+    ("checks: [unclosed\n", "cannot read checks"),
+])
+def test_bad_checks_are_refused(tmp_path: Path, text: str, message: str) -> None:
+    p = tmp_path / "checks.yaml"
+    p.write_text(text)
+    with pytest.raises(OnpError, match=message):
+        load_checks(p)
+
+
+def test_shipped_checks_load() -> None:
+    assert load_checks(Path(__file__).resolve().parents[2] / "benchmarks" / "checks" / "cifar10_cpu.yaml")
 
 
 def test_report_of_empty_results_is_an_error(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ model untouched, pruning only where the report says, reproducible for a seed; an
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import pytest
@@ -194,6 +195,16 @@ def test_onp_ablations_reuse_onp_evidence_and_rank_as_without_it(trained: nn.Mod
     create_defense("onp_norl", **FAST["onp_norl"]).repair(copy.deepcopy(trained), data,
                                                          DefenseContext(seed=1, cache_dir=str(tmp_path)))
     assert len(list(tmp_path.glob("onp-evidence-*.json"))) == 2
+
+
+def test_clp_with_its_paper_threshold_does_not_read_the_clean_images(trained: nn.Module, data: DefenseData) -> None:
+    """CLP is data-free: the same neurons are pruned whatever images and labels it is given."""
+    g = torch.Generator().manual_seed(1)
+    noise = dataclasses.replace(data, x_fit=torch.rand(data.x_fit.shape, generator=g), y_fit=data.y_fit.flip(0),
+                                x_val=torch.rand(data.x_val.shape, generator=g), y_val=data.y_val.flip(0))
+    a = create_defense("clp", threshold=1.0).repair(copy.deepcopy(trained), data, DefenseContext(seed=0))
+    b = create_defense("clp", threshold=1.0).repair(copy.deepcopy(trained), noise, DefenseContext(seed=0))
+    assert a.report["pruned"] and a.report["pruned"] == b.report["pruned"]
 
 
 # --- bad input ------------------------------------------------------------------------------------------------

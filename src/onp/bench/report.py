@@ -117,6 +117,59 @@ def runtime_table(agg: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+CHECK_KEYS = {"claim", "defense", "attack", "metric", "below", "above", "evidence"}
+
+
+def load_checks(path: str | Path) -> list[dict[str, Any]]:
+    """Published behaviour to hold the rows against, from a YAML file with a ``checks:`` list. Each entry has a
+    ``claim`` (the sentence to print) and either a measured bar (``defense``, ``attack``, ``metric`` among ACC's,
+    ASR's, RA's and DER's keys, and ``below`` or ``above`` as a fraction) or ``evidence`` (where else it is
+    shown, e.g. a test)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise OnpError(f"cannot read checks {path}: {e}") from e
+    checks = data.get("checks") if isinstance(data, dict) else None
+    if not isinstance(checks, list) or not checks:
+        raise OnpError(f"{path}: expected a non-empty 'checks:' list")
+    metrics = [m for m, _, _ in METRICS]
+    for i, c in enumerate(checks):
+        where = f"{path}: check {i + 1}"
+        if not isinstance(c, dict) or not isinstance(c.get("claim"), str):
+            raise OnpError(f"{where}: needs a 'claim' sentence")
+        if unknown := set(c) - CHECK_KEYS:
+            raise OnpError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(CHECK_KEYS))})")
+        if "evidence" in c:
+            continue
+        if not all(isinstance(c.get(k), str) for k in ("defense", "attack", "metric")) or c["metric"] not in metrics:
+            raise OnpError(f"{where}: needs 'defense', 'attack' and 'metric' (one of {', '.join(metrics)})")
+        if ("below" in c) == ("above" in c) or not isinstance(c.get("below", c.get("above")), (int, float)):
+            raise OnpError(f"{where}: needs one number, 'below' or 'above' (a fraction, e.g. 0.05)")
+    return checks
+
+
+def checks_table(rows: list[dict[str, Any]], checks: list[dict[str, Any]]) -> list[list[str]]:
+    """One line per check: the claim, the value measured at each seed, and whether every seed holds it."""
+    out = [["claim", "measured (%)", "holds"]]
+    for c in checks:
+        if "evidence" in c:
+            out.append([c["claim"], c["evidence"], "see there"])
+            continue
+        rs = sorted((r for r in rows if r["defense"] == c["defense"] and r["attack"]["name"] == c["attack"]),
+                    key=lambda r: r["seed"])
+        if not rs:
+            out.append([c["claim"], "not run", "-"])
+            continue
+        bar = c.get("below", c.get("above"))
+        ok = [r[c["metric"]] < bar if "below" in c else r[c["metric"]] > bar for r in rs]
+        measured = ", ".join(f"seed {r['seed']}: {100 * r[c['metric']]:.2f}" for r in rs)
+        verdict = "yes" if all(ok) else "no" if not any(ok) else f"at {sum(ok)} of {len(ok)} seeds"
+        out.append([c["claim"], measured, verdict])
+    return out
+
+
 def _md(rows: list[list[str]]) -> str:
     out = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
@@ -134,12 +187,14 @@ def _html(rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def write_report(results: str | Path, out: str | Path, title: str | None = None, command: str | None = None
-                 ) -> Path:
-    """Write ``<name>.md``, ``<name>.html`` and PNG plots for the rows in ``results`` into ``out``."""
+def write_report(results: str | Path, out: str | Path, title: str | None = None, command: str | None = None,
+                 checks: str | Path | None = None) -> Path:
+    """Write ``<name>.md``, ``<name>.html`` and PNG plots for the rows in ``results`` into ``out``; with
+    ``checks`` (see :func:`load_checks`), a section holding the rows against published behaviour."""
     rows = [r for r in read_results(results) if r.get("asr") is not None]
     if not rows:
         raise OnpError(f"{results} holds no finished benchmark rows")
+    claims = load_checks(checks) if checks else None
     out = Path(out)
     name = title or rows[0].get("bench", "results")
     agg = aggregate(rows)
@@ -150,6 +205,8 @@ def write_report(results: str | Path, out: str | Path, title: str | None = None,
     sections += [(f"{label} (%) per attack and defense, mean ± std over seeds", metric_table(agg, m, label, better))
                  for m, label, better in METRICS]
     sections.append(("Defense wall time (s), mean over seeds", runtime_table(agg)))
+    if claims:
+        sections.append(("Checks against published behaviour", checks_table(rows, claims)))
     out.mkdir(parents=True, exist_ok=True)
     # written beside ``out`` first, then moved in file by file: ``out`` may also hold the results themselves
     tmp = Path(tempfile.mkdtemp(prefix=".report.", dir=out))
