@@ -84,20 +84,34 @@ def plot_bars(table: dict[str, dict[str, tuple[float, float]]], attacks: list[st
 
 
 def plot_reward_curves(rows: list[dict[str, Any]], path: str | Path) -> None:
-    """ONP's mean episode return over policy updates, one line per model and seed."""
+    """The policy's mean episode return over updates: one panel per defense that learns one (ONP, its no-GNN
+    ablation), one color per attack, one line style per seed."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for r in rows:
-        curve = r.get("reward_curve") or []
-        if curve:
-            ax.plot([h["update"] for h in curve], [h["reward/mean"] for h in curve],
-                    label=f"{r['attack']['name']} s{r['seed']}", alpha=0.8)
-    ax.set_xlabel("policy update")
-    ax.set_ylabel("mean episode return")
-    ax.legend(fontsize=6, ncol=2)
-    ax.grid(alpha=0.3)
+    by_defense = _by([r for r in rows if r.get("reward_curve")], "defense")
+    if not by_defense:
+        return
+    attacks = list(dict.fromkeys(r["attack"]["name"] for rs in by_defense.values() for r in rs))
+    seeds = sorted({r["seed"] for rs in by_defense.values() for r in rs})
+    styles = ["-", "--", ":", "-."]
+    fig, axes = plt.subplots(1, len(by_defense), figsize=(5 * len(by_defense), 3.6), squeeze=False, sharey=True)
+    for ax, (d, rs) in zip(axes.flat, by_defense.items()):
+        for r in rs:
+            curve = r["reward_curve"]
+            ax.plot([h["update"] for h in curve], [h["reward/mean"] for h in curve], alpha=0.85,
+                    color=f"C{attacks.index(r['attack']['name']) % 10}",
+                    linestyle=styles[seeds.index(r["seed"]) % len(styles)],
+                    label=f"{r['attack']['name']} s{r['seed']}")
+        ax.set_title(d, fontsize=9)
+        ax.set_xlabel("policy update", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes.flat[0].set_ylabel("mean episode return", fontsize=8)
+    legend: dict[str, Any] = {}
+    for ax in axes.flat:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, h)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.legend(list(legend.values()), list(legend), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
