@@ -267,3 +267,18 @@ def test_selection_curve_stops_past_the_bound(trained: nn.Module, data: DefenseD
     accs = iter([0.9, 0.89, 0.85, 0.7, 0.95, 0.95])
     cut = pruning_curve(trained, neurons, ranking, [0, 1, 2, 3, 4, 5], metric, stop_below=0.12)
     assert [p["k"] for p in cut] == [0, 1, 2, 3]
+
+
+def test_onp_keeps_the_ranking_whose_prefixes_score_best() -> None:
+    from onp.defenses.onp import pick_ranking
+
+    class Reward:  # +1 per neuron of the first five, -0.5 per other
+        def __call__(self, sel: Tensor) -> tuple[float, dict]:
+            return sel[:5].sum().item() - 0.5 * sel[5:].sum().item(), {}
+
+    good, bad = torch.arange(20), torch.arange(20).flip(0)
+    ranking, info = pick_ranking({"policy": bad, "prior": good}, Reward(), kmax=8)
+    assert torch.equal(ranking, good) and info["chosen"] == "prior"
+    assert info["best"] == {"policy": -0.5, "prior": 4.0}  # the best of prefixes 1, 2, 4, 8
+    ranking, info = pick_ranking({"policy": good, "prior": good}, Reward(), kmax=8)
+    assert info["chosen"] == "policy"  # a tie keeps the policy's

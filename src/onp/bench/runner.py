@@ -137,7 +137,7 @@ def run_defense_cell(spec: dict[str, Any]) -> dict[str, Any]:
         "ra": after.get("ra"), "der": der(before, after), "wall_time": wall, "wall_time_measured": measured,
         "num_pruned": report.get("num_pruned"), "num_neurons": report.get("num_neurons"),
         "reward_curve": report.get("reward_curve"), "timings": report.get("timings"),
-        "probe": report.get("probe"), "chosen": report.get("chosen"),
+        "probe": report.get("probe"), "chosen": report.get("chosen"), "ranking_pick": report.get("ranking_pick"),
         "versions": provenance(), "host": socket.gethostname(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     if spec.get("curves") and "ranking" in report and attack is not None:

@@ -46,8 +46,9 @@ class ONP(Defense):
     2. Trigger-free probes (a universal perturbation and an inverted patch) estimate the backdoor's shortcut
        from the clean set (:mod:`onp.rl.probes`); per-neuron features gather RNP, ANP, CLP, activation and
        probe-shift evidence (:mod:`onp.rl.features`).
-    3. A GNN policy is trained with REINFORCE to propose pruning sets that keep clean accuracy and break the
-       probes (:mod:`onp.rl.agent`, :mod:`onp.rl.reward`), on the fit part of the clean set.
+    3. A GNN policy, starting from a fixed combination of the features, is trained with REINFORCE to propose
+       pruning sets that keep clean accuracy and break the probes (:mod:`onp.rl.agent`, :mod:`onp.rl.reward`),
+       on the fit part of the clean set; the fixed ranking is kept instead if it scores higher there.
     4. The policy's greedy pruning order is cut where the same objective peaks on all the clean images (the
        probes at calibrated and at full strength), within ``max_drop`` of the unpruned accuracy, and the pruning
        is folded into the weights.
@@ -68,6 +69,11 @@ class ONP(Defense):
         stop_full: the stop scores each calibrated probe at its calibrated and at full strength (default True;
             calibrated alone, the stop cut BppAttack at 12 neurons, where the weak probe was broken and the
             trigger still had 13% ASR; with both, 22 neurons and 0.67%).
+        prior_weight: the policy starts from the no-RL ablation's ranking: its node logits are this weight times
+            that fixed score (standardized) plus what it learns (default 1; 0: from scratch, and no pick). After
+            the search, the fixed ranking replaces the policy's if its prefixes score higher on the fit images
+            (:func:`pick_ranking`). From scratch, the search missed BadNets at seed 1 and TrojanNN, which the
+            fixed ranking removes (docs/design.md).
     """
 
     name = "onp"
@@ -76,7 +82,7 @@ class ONP(Defense):
     def __init__(self, max_drop: float = 0.02, granularity: str = "neuron", max_fraction: float = 0.3, rl: bool = True,
                  gnn: bool = True, updates: int = 20, episodes_per_update: int = 8, steps: int = 3, lam: float = 1.0,
                  rho: float = 0.5, uap_eps: float = 8 / 255, anp_iterations: int = 100, reward_images: int = 128,
-                 tolerance: float = 0.02, stop_full: bool = True) -> None:
+                 tolerance: float = 0.02, stop_full: bool = True, prior_weight: float = 1.0) -> None:
         if granularity not in GRANULARITIES:
             raise OnpError(f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")
         self.max_drop, self.granularity, self.max_fraction, self.rl, self.gnn = max_drop, granularity, max_fraction, \
@@ -84,6 +90,7 @@ class ONP(Defense):
         self.updates, self.episodes_per_update, self.steps = updates, episodes_per_update, steps
         self.lam, self.rho, self.uap_eps, self.anp_iterations = lam, rho, uap_eps, anp_iterations
         self.reward_images, self.tolerance, self.stop_full = reward_images, tolerance, stop_full
+        self.prior_weight = prior_weight
 
     def _evidence(self, model: nn.Module, neurons: Neurons, graph: NeuronGraph, data: DefenseData,
                   ctx: DefenseContext) -> tuple[Evidence, bool]:
@@ -131,24 +138,29 @@ class ONP(Defense):
         probes, feats, names, info = ev.probes, ev.feats, ev.names, ev.info
         rcfg = RewardConfig(lam=self.lam, rho=self.rho, max_drop=self.max_drop)
         history: list[dict[str, float]] = []
+        prior, n = heuristic_scores(feats, names), len(neurons)
+        pick: dict[str, Any] | None = None
         if self.rl:
             from onp.rl.agent import AgentConfig, search  # PyTorch Geometric loads only when the search runs
 
             reward = CleanReward(model, neurons, data.x_fit, data.y_fit, probes, ctx.device, rcfg,
                                  max_images=self.reward_images, seed=ctx.seed)
             acfg = AgentConfig(updates=self.updates, episodes_per_update=self.episodes_per_update, steps=self.steps,
-                               gnn=self.gnn)
-            result = search(feats, graph.edge_index, graph.edge_attr[:, 0], reward, acfg, ctx.seed, ctx.progress)
+                               gnn=self.gnn, prior_weight=self.prior_weight)
+            result = search(feats, graph.edge_index, graph.edge_attr[:, 0], reward, acfg, ctx.seed, ctx.progress,
+                            prior=prior)
             ranking, history = result.ranking, result.history
+            if self.prior_weight:
+                ranking, pick = pick_ranking(
+                    {"policy": ranking, "prior": prior.argsort(descending=True)}, reward, int(self.max_fraction * n))
         else:
-            ranking = heuristic_scores(feats, names).argsort(descending=True)
+            ranking = prior.argsort(descending=True)
         timings["search"] = time.perf_counter() - t0 - timings["probes"] - timings["features"]
 
         # the stopping rule: the same objective on all the clean images, within the accuracy bound, cut at the
         # smallest prefix within `tolerance` of the best
         val = CleanReward(model, neurons, data.x_all, data.y_all, probes.with_full_strength() if self.stop_full
                           else probes, ctx.device, rcfg)
-        n = len(neurons)
 
         def metric(m: nn.Module) -> dict[str, float]:
             return val.evaluate(m)
@@ -168,13 +180,33 @@ class ONP(Defense):
             "method": self.name, "params": self.params(), "num_neurons": n, "num_pruned": int(selected.sum()),
             "pruned": describe(neurons, selected), "ranking": ranking.tolist(),
             "probe": {"target_estimate": probes.target, "rates": probes.rates},
-            "features": names, "diagnostics": info, "reward_curve": history, "selection_curve": curve,
-            "chosen": chosen, "clean_acc_defense_val": accuracy(repaired, data.x_val, data.y_val, ctx.device),
-            "graph": {"nodes": n, "edges": int(graph.edge_index.shape[1]), "groups": len(set(c.group for c in neurons.carriers))},
+            "features": names, "diagnostics": info, "ranking_pick": pick, "reward_curve": history,
+            "selection_curve": curve, "chosen": chosen,
+            "clean_acc_defense_val": accuracy(repaired, data.x_val, data.y_val, ctx.device),
+            "graph": {"nodes": n, "edges": int(graph.edge_index.shape[1]),
+                      "groups": len(set(c.group for c in neurons.carriers))},
             "timings": timings, "wall_time": time.perf_counter() - t0,
             "evidence_cached_seconds": sum(ev.timings.values()) if cached else 0.0,
         }
         return DefenseResult(repaired, report)
+
+
+def pick_ranking(rankings: dict[str, Tensor], reward: Any, kmax: int) -> tuple[Tensor, dict[str, Any]]:
+    """The ranking whose prefixes (1, 2, 4, ... up to ``kmax`` neurons) reach the highest ``reward`` (the
+    search's clean objective on the fit images), and the best value of each."""
+    sizes = [k for k in (2 ** i for i in range(12)) if k <= max(1, kmax)]
+    best = {}
+    for name, ranking in rankings.items():
+        values = []
+        for k in sizes:
+            sel = torch.zeros(len(ranking), dtype=torch.bool)
+            sel[ranking[:k]] = True
+            values.append(reward(sel)[0])
+        best[name] = max(values)
+    chosen = max(best, key=lambda name: best[name])  # ties keep the first (the policy's)
+    log.info("onp: ranking of the %s kept (best fit-set objective %s)", chosen,
+             ", ".join(f"{k} {v:.3f}" for k, v in best.items()))
+    return rankings[chosen], {"chosen": chosen, "best": best}
 
 
 def heuristic_scores(feats: Tensor, names: list[str]) -> Tensor:

@@ -48,6 +48,8 @@ class AgentConfig:
     """Weight of the budget-entropy bonus."""
     gnn: bool = True
     """Message passing on (False: the no-GNN ablation, an MLP on the same features)."""
+    prior_weight: float = 1.0
+    """Weight of the prior node score (standardized) added to the policy's node logits; 0 turns it off."""
 
 
 @dataclass
@@ -65,7 +67,9 @@ class PruningAgent:
     """Trains a :class:`PruningPolicy` on one model's neuron graph against a :class:`CleanReward`."""
 
     def __init__(self, features: Tensor, edge_index: Tensor, edge_weight: Tensor, reward: CleanReward,
-                 cfg: AgentConfig, seed: int = 0) -> None:
+                 cfg: AgentConfig, seed: int = 0, prior: Tensor | None = None) -> None:
+        """``prior``: a node score the policy starts from (its node logits are ``prior_weight`` times the
+        standardized prior plus what it learns), e.g. ONP's fixed combination of the suspicion features."""
         self.cfg = cfg
         torch.manual_seed(seed)
         self.features = features
@@ -82,12 +86,17 @@ class PruningAgent:
         self.generator = torch.Generator().manual_seed(seed)
         self.best: tuple[float, Tensor] = (-float("inf"), torch.zeros(self.n, dtype=torch.bool))
         self.base_value = reward(torch.zeros(self.n, dtype=torch.bool))[0]
+        self.prior = torch.zeros(self.n)
+        if prior is not None and cfg.prior_weight:
+            self.prior = cfg.prior_weight * (prior - prior.mean()) / (prior.std() + 1e-8)
 
     def _state(self, pruned: Tensor) -> Tensor:
         return torch.cat([self.features, pruned.float()[:, None]], 1)
 
     def _forward(self, pruned: Tensor, t: int) -> tuple[Tensor, Tensor]:
-        return self.policy(self._state(pruned), self.edge_index, self.edge_weight, t / self.cfg.steps)
+        node_logits, budget_logits = self.policy(self._state(pruned), self.edge_index, self.edge_weight,
+                                                 t / self.cfg.steps)
+        return node_logits + self.prior, budget_logits
 
     def episode(self) -> tuple[list[Tensor], list[Tensor], list[float], dict[str, float]]:
         """One sampled episode: per-move log-probabilities, budget entropies, rewards, and final metrics."""
@@ -159,8 +168,8 @@ class PruningAgent:
 
 
 def search(features: Tensor, edge_index: Tensor, edge_weight: Tensor, reward: CleanReward, cfg: AgentConfig,
-           seed: int = 0, progress: ProgressFactory = null_progress) -> SearchResult:
+           seed: int = 0, progress: ProgressFactory = null_progress, prior: Tensor | None = None) -> SearchResult:
     """Train the agent and return its greedy ranking, the best set seen during search, and the curve."""
-    agent = PruningAgent(features, edge_index, edge_weight, reward, cfg, seed)
+    agent = PruningAgent(features, edge_index, edge_weight, reward, cfg, seed, prior)
     history = agent.train(progress)
     return SearchResult(agent.greedy_ranking(), agent.best[1], agent.best[0], history, agent.policy)
