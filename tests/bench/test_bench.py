@@ -266,3 +266,46 @@ def test_metric_table_marks_partial_means_and_lone_values() -> None:
     assert mean[2:] == ["25.00", "0.00 (1 of 2)", "**20.00**"]
     lone = metric_table(aggregate([row("a", "x", 0.1)]), "asr", "ASR", min)
     assert "**" not in "".join(lone[1] + lone[2])
+
+
+def _sleeper(pid_file: str) -> None:
+    Path(pid_file).write_text(str(os.getpid()))
+    time.sleep(120)
+
+
+def test_a_cell_process_ends_when_its_bench_is_killed(tmp_path: Path) -> None:
+    pid_file = tmp_path / "cell.pid"
+    script = ("import multiprocessing as mp, os, sys\n"
+              "from concurrent.futures import ProcessPoolExecutor\n"
+              f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+              "from onp.bench.runner import exit_with_parent\n"
+              "import test_bench\n"
+              "if __name__ == '__main__':\n"
+              "    with ProcessPoolExecutor(1, mp_context=mp.get_context('spawn'), initializer=exit_with_parent,\n"
+              "                             initargs=(os.getpid(), 0.2)) as pool:\n"
+              f"        pool.submit(test_bench._sleeper, {str(pid_file)!r}).result()\n")
+    (tmp_path / "bench.py").write_text(script)
+    parent = subprocess.Popen([sys.executable, str(tmp_path / "bench.py")])
+    try:
+        deadline = time.monotonic() + 120
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline and parent.poll() is None, "the cell never started"
+            time.sleep(0.2)
+        cell = int(pid_file.read_text())
+        parent.send_signal(signal.SIGKILL)  # no clean-up at all, as a crash or `kill -9`
+        parent.wait()
+        deadline = time.monotonic() + 20
+        while _alive(cell):
+            assert time.monotonic() < deadline, "the cell process outlived its bench"
+            time.sleep(0.2)
+    finally:
+        parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")  # a zombie is gone for our purpose
+    return not (stat.exists() and stat.read_text().split(") ")[1].startswith("Z"))
