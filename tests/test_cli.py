@@ -186,3 +186,15 @@ def test_eval_with_the_trigger_of_another_model(tmp_path: Path, digits_model: Pa
 
     code = main(["eval", str(bare), "--trigger-from", str(digits_model), "--threads", "1"])
     assert_one_line_error(capsys, code, "records no attack", "--trigger-from")
+
+
+def test_report_with_bad_checks_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    results = tmp_path / "r.jsonl"
+    results.write_text('{"id": "m/clp-s0", "defense": "clp", "attack": {"name": "badnets"}, "seed": 0, "asr": 0.1, '
+                       '"clean_acc": 0.9, "ra": 0.8, "der": 0.9, "wall_time": 1.0, '
+                       '"before": {"clean_acc": 0.9, "asr": 1.0, "ra": 0.0}}\n')
+    checks = tmp_path / "checks.yaml"
+    checks.write_text("checks: [{claim: c, defense: clp, attack: badnets, metric: asr}]\n")
+    code = main(["report", str(results), "--out", str(tmp_path / "out"), "--checks", str(checks)])
+    assert_one_line_error(capsys, code, str(checks), "'below' or 'above'")
+    assert not (tmp_path / "out").exists()
