@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -191,7 +192,8 @@ class ONP(Defense):
         return DefenseResult(repaired, report)
 
 
-def pick_ranking(rankings: dict[str, Tensor], reward: Any, kmax: int) -> tuple[Tensor, dict[str, Any]]:
+def pick_ranking(rankings: dict[str, Tensor], reward: Callable[[Tensor], tuple[float, Any]], kmax: int
+                 ) -> tuple[Tensor, dict[str, Any]]:
     """The ranking whose prefixes (1, 2, 4, ... up to ``kmax`` neurons) reach the highest ``reward`` (the
     search's clean objective on the fit images), and the best value of each."""
     sizes = [k for k in (2 ** i for i in range(12)) if k <= max(1, kmax)]
