@@ -43,6 +43,17 @@ def _by(rows: list[dict[str, Any]], key: str) -> dict[str, list[dict[str, Any]]]
     return out
 
 
+def _save_with_legend_beside(fig: Any, axes: Any, path: str | Path) -> None:
+    """Save a figure of panels with one legend to their right: every label once, whichever panel it is in."""
+    legend: dict[str, Any] = {}
+    for ax in axes.flat:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, h)
+    fig.tight_layout()
+    fig.legend(list(legend.values()), list(legend), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
 def plot_asr_vs_acc(rows: list[dict[str, Any]], path: str | Path) -> None:
     """Every cell as a point (clean accuracy, attack success), one marker per defense; the corner at high ACC
     and low ASR is where a defense should land."""
@@ -105,13 +116,7 @@ def plot_reward_curves(rows: list[dict[str, Any]], path: str | Path) -> None:
         ax.set_xlabel("policy update", fontsize=8)
         ax.grid(alpha=0.3)
     axes.flat[0].set_ylabel("mean episode return", fontsize=8)
-    legend: dict[str, Any] = {}
-    for ax in axes.flat:
-        for h, label in zip(*ax.get_legend_handles_labels()):
-            legend.setdefault(label, h)
-    fig.tight_layout()
-    fig.legend(list(legend.values()), list(legend), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    _save_with_legend_beside(fig, axes, path)
     plt.close(fig)
 
 
@@ -141,12 +146,6 @@ def plot_pruning_curves(rows: list[dict[str, Any]], path: str | Path) -> None:
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    legend: dict[str, Any] = {}  # every defense once, whichever panel it appears in
-    for ax in axes.flat:
-        for h, label in zip(*ax.get_legend_handles_labels()):
-            legend.setdefault(label, h)
     fig.suptitle("test ACC (solid) and ASR (dashed) against neurons pruned, first seed", fontsize=9)
-    fig.tight_layout()
-    fig.legend(list(legend.values()), list(legend), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    _save_with_legend_beside(fig, axes, path)
     plt.close(fig)
