@@ -68,7 +68,8 @@ def main() -> None:
         print(f"repeat {r + 1}: bare step {b:8.1f} img/s   training loop {lp:8.1f} img/s   ratio {lp / b:.3f}")
     ratios.sort()
     print(f"median ratio (loop / bare step): {ratios[len(ratios) // 2]:.3f}  (target >= 0.9; "
-          f"{args.model} width {args.width}, batch {args.batch_size}, {args.attack}, {torch.get_num_threads()} threads)")
+          f"{args.model} width {args.width}, batch {args.batch_size}, {args.attack}, "
+          f"{torch.get_num_threads()} threads)")
 
 
 if __name__ == "__main__":

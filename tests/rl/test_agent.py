@@ -43,7 +43,8 @@ class PlantedReward:
     def __call__(self, selected: torch.Tensor) -> tuple[float, dict[str, float]]:
         hit = (selected & self.planted).sum().item()
         miss = (selected & ~self.planted).sum().item()
-        return hit - 0.3 * miss, {"clean_acc": 1.0, "probe_rate": 0.0, "pruned_fraction": selected.float().mean().item()}
+        info = {"clean_acc": 1.0, "probe_rate": 0.0, "pruned_fraction": selected.float().mean().item()}
+        return hit - 0.3 * miss, info
 
 
 def _chain_graph(n: int) -> tuple[torch.Tensor, torch.Tensor]:

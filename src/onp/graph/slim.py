@@ -3,8 +3,9 @@
 Candidates are the neurons of an uncoupled carrier, or a residual-group channel pruned in every carrier of the
 group (the neurons are already folded to zero). A candidate is removed only if the outputs stay the same on a
 probe batch: where a zeroed channel feeds an op that maps zero to a constant (a BatchNorm in a pre-activation
-network), removing it would change the model, so it stays. Torch-Pruning records the removals as a pruning history; a slim model is
-saved as its plain weights plus that history, and rebuilt by replaying the history on the architecture.
+network), removing it would change the model, so it stays. Torch-Pruning records the removals as a pruning
+history; a slim model is saved as its plain weights plus that history, and rebuilt by replaying the history on the
+architecture.
 """
 
 from __future__ import annotations
