@@ -139,6 +139,8 @@ def run_defense_cell(spec: dict[str, Any]) -> dict[str, Any]:
         "num_pruned": report.get("num_pruned"), "num_neurons": report.get("num_neurons"),
         "reward_curve": report.get("reward_curve"), "timings": report.get("timings"),
         "probe": report.get("probe"), "chosen": report.get("chosen"), "ranking_pick": report.get("ranking_pick"),
+        # what the defense saw on its clean images at each prefix of its ranking (the stop's evidence)
+        "selection_curve": report.get("selection_curve"),
         "versions": provenance(), "host": socket.gethostname(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     if spec.get("curves") and "ranking" in report and attack is not None:
