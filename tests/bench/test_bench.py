@@ -59,7 +59,6 @@ def test_uninterrupted_run_has_every_cell(grid: tuple[Path, list[dict]]) -> None
             assert k in r, k
         assert 0 <= r["der"] <= 1 and r["peak_memory_mb"] > 0
         assert r["versions"]["onp"] and "torch" in r["versions"]
-    for r in rows:
         if r["defense"] == "clp":  # a pruning defense: its stop's evidence, with the chosen prefix on it
             ks = [p["k"] for p in r["selection_curve"]]
             assert ks == sorted(ks) and ks[0] == 0 and r["chosen"]["k"] in ks
