@@ -62,6 +62,10 @@ def test_uninterrupted_run_has_every_cell(grid: tuple[Path, list[dict]]) -> None
         if r["defense"] == "clp":  # a pruning defense: its stop's evidence, with the chosen prefix on it
             ks = [p["k"] for p in r["selection_curve"]]
             assert ks == sorted(ks) and ks[0] == 0 and r["chosen"]["k"] in ks
+            head = r["ranking_head"]  # the ranking the stop cut, as far as the curve reaches
+            assert len(head) == ks[-1] == len(set(head)) and all(0 <= i < r["num_neurons"] for i in head)
+        else:
+            assert r["ranking_head"] is None
 
 
 @pytest.mark.slow

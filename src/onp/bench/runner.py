@@ -141,12 +141,23 @@ def run_defense_cell(spec: dict[str, Any]) -> dict[str, Any]:
         "probe": report.get("probe"), "chosen": report.get("chosen"), "ranking_pick": report.get("ranking_pick"),
         # what the defense saw on its clean images at each prefix of its ranking (the stop's evidence)
         "selection_curve": report.get("selection_curve"),
+        "ranking_head": ranking_head(report),
         "versions": provenance(), "host": socket.gethostname(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     if spec.get("curves") and "ranking" in report and attack is not None:
         row["pruning_curve"] = test_pruning_curve(model, report, data, test, attack, device, spec["curve_images"])
     row["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return row
+
+
+def ranking_head(report: dict[str, Any]) -> list[int] | None:
+    """The head of a pruning defense's ranking, up to the largest prefix on its selection curve: what its stop
+    chose from. With it and the curve, a row alone can be re-cut by another stopping rule and the pruned neurons
+    rebuilt (ONP's order comes out of its search and cannot be recomputed cheaply). ``None`` for other defenses."""
+    if "ranking" not in report or not report.get("selection_curve"):
+        return None
+    k = max(int(p["k"]) for p in report["selection_curve"])
+    return [int(i) for i in report["ranking"][:k]]
 
 
 def test_pruning_curve(model: torch.nn.Module, report: dict[str, Any], data: Any, test: Any, attack: Any,
