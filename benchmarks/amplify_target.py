@@ -28,12 +28,16 @@ def main() -> None:
     p.add_argument("--size", type=int, default=500)
     args = p.parse_args()
     set_threads(1)
+    clean: dict[tuple[str, str], tuple[torch.Tensor, int]] = {}  # the clean split per dataset, drawn once
     for path in args.models:
         model, meta = load_model(path)
         model.eval()
-        train = create_dataset(meta["data"]["name"], meta["config"]["data"]["root"], "train")
-        idx = defense_split(train.labels, train.num_classes, size=args.size, seed=args.seed)
-        x = train.float_images(idx)
+        key = (meta["data"]["name"], meta["config"]["data"]["root"])
+        if key not in clean:
+            train = create_dataset(*key, "train")
+            idx = defense_split(train.labels, train.num_classes, size=args.size, seed=args.seed)
+            clean[key] = (train.float_images(idx), train.num_classes)
+        x, num_classes = clean[key]
         neurons = find_neurons(model, x[:2])
         ranking = torch.argsort(standardize_per_layer(channel_lipschitz(neurons), neurons), descending=True)
         mask = NeuronMask(neurons)
@@ -44,7 +48,7 @@ def main() -> None:
                     scale = torch.ones(len(neurons))
                     scale[ranking[:k]] = gain
                     mask.scale = scale
-                    counts = torch.bincount(model(x).argmax(1), minlength=train.num_classes)
+                    counts = torch.bincount(model(x).argmax(1), minlength=num_classes)
                     out.append(f"k={k} a={gain:g}: {int(counts.argmax())} ({int(counts.max())})")
         print(path, "|", " | ".join(out), flush=True)
 

@@ -29,7 +29,8 @@ from onp.utils.runtime import set_threads
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("results", help="a benchmark results file (JSON lines)")
-    p.add_argument("--only", action="append", metavar="GLOB", help="rows whose id matches (repeatable)")
+    p.add_argument("--only", action="append", metavar="GLOB",
+                   help="rows whose id matches, as `onp bench --only` (repeatable)")
     p.add_argument("--tolerance", type=float, nargs="+", default=[0.02, 0.01])
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
@@ -37,7 +38,7 @@ def main() -> None:
     device = torch.device("cpu")
     rows = [r for r in read_results(args.results)
             if r.get("ranking_head") and r.get("selection_curve") and "objective" in r["selection_curve"][0]
-            and (not args.only or any(fnmatch.fnmatch(r["id"], g) for g in args.only))]
+            and (not args.only or any(fnmatch.fnmatchcase(r["id"], g) for g in args.only))]
     if not rows:
         p.error(f"no ONP row of {args.results} matches and carries a selection curve and a ranking head")
     tests: dict[str, object] = {}
@@ -45,7 +46,9 @@ def main() -> None:
         model, meta = load_model(r["model_dir"])
         attack = load_attack(r["model_dir"], meta)
         root = meta["config"]["data"]["root"]
-        test = tests.setdefault(root, create_dataset(r["dataset"], root, "test"))
+        if root not in tests:  # one test set per data root, read once for all its rows
+            tests[root] = create_dataset(r["dataset"], root, "test")
+        test = tests[root]
         neurons = find_neurons(model, torch.zeros(1, *meta["data"]["image_shape"]))
         params = r.get("defense_params") or {}
         head = torch.tensor(r["ranking_head"], dtype=torch.long)
