@@ -70,3 +70,57 @@ def test_with_full_strength_adds_a_full_copy_of_each_weakened_probe() -> None:
     assert weak.strength == 0.3  # the calibrated probe itself is unchanged
     x = torch.zeros(2, 1, 4, 4)
     assert torch.allclose(both.probes[2].apply(x), torch.ones_like(x))
+
+
+def test_amplified_rates_follow_the_neuron_clp_flags() -> None:
+    """Amplifying the neuron with the outlying Lipschitz bound sends images of class 0 to the class it feeds."""
+    from onp.graph import find_neurons
+    from onp.rl.probes import amplified_rates
+
+    model = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 2))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[3.0, 0.0], [0.1, 0.1], [0.1, -0.1], [-0.1, 0.1]]))
+        model[0].bias.zero_()
+        model[2].weight.copy_(torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]]))
+        model[2].bias.copy_(torch.tensor([2.5, 0.0]))  # class 1 when 3 * x0 > 2.5
+    x = torch.stack([torch.linspace(0, 1, 101), torch.zeros(101)], 1)
+    y = model(x).argmax(1)
+    assert (y == 0).sum() > 80  # the clean labels are the model's own: most images are class 0
+    rates = amplified_rates(model, find_neurons(model, x[:2]), x, y, 2, torch.device("cpu"), k=1, gain=4.0)
+    # x0 in (2.5 / 12, 2.5 / 3) goes to class 1 when the neuron is multiplied by 4: about 3/4 of class 0
+    assert 0.7 < rates[1] < 0.8
+    assert rates[0] == 0.0
+
+
+def test_a_strong_amplified_share_decides_the_estimate_without_a_scan(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on LC: unlearning names class 0 with 80% (below the collapse), amplification class 1 with 70%."""
+    import onp.rl.probes as probes
+    from onp.defenses.base import DefenseContext
+
+    def no_scan(*a: object, **k: object) -> None:
+        raise AssertionError("the estimate scanned")
+
+    monkeypatch.setattr(probes, "universal_perturbation", no_scan)
+    x, y = _data()
+    target, rates = probes.estimate_target(Threshold(), x, y, 2, DefenseContext(), unlearned_predictions=[80, 20],
+                                           amplified=[0.1, 0.7])
+    assert target == 1 and rates["amplified_class"] == 1 and rates["amplified_share"] == pytest.approx(0.7)
+    # an unlearned collapse still decides first
+    assert probes.estimate_target(Threshold(), x, y, 2, DefenseContext(), unlearned_predictions=[95, 5],
+                                  amplified=[0.1, 0.7])[0] == 0
+
+
+def test_a_weak_amplified_share_joins_the_candidates_and_the_score(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below ``amplified_decides`` the amplified class is scanned as a candidate and its share is added."""
+    import onp.rl.probes as probes
+    from onp.defenses.base import DefenseContext
+
+    monkeypatch.setattr(probes, "universal_perturbation", lambda *a, target=None, **k: torch.full((1, 4, 4), target
+                                                                                               or 0.0))
+    monkeypatch.setattr(probes, "dominant_class", lambda *a, **k: (0, 0.5))
+    monkeypatch.setattr(probes, "probe_rate", lambda model, x, y, p, device: 0.5)  # every scan rate equal
+    x, y = _data()
+    target, rates = probes.estimate_target(Threshold(), x, y, 3, DefenseContext(), unlearned_predictions=[60, 0, 40],
+                                           amplified=[0.0, 0.1, 0.3])
+    assert {"scan_uap_0", "scan_uap_2"} <= rates.keys()
+    assert target == 2  # 0.4 + 0.3 + 0.5 beats 0.6 + 0.0 + 0.5

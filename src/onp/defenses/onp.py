@@ -101,7 +101,7 @@ class ONP(Defense):
         from onp.defenses.rnp import rnp_masks
         from onp.rl.evidence import Evidence, evidence_key, load_evidence, save_evidence
         from onp.rl.features import FeatureConfig, neuron_features
-        from onp.rl.probes import make_probes
+        from onp.rl.probes import amplified_rates, make_probes
 
         key = None
         if ctx.cache_dir is not None:
@@ -113,8 +113,9 @@ class ONP(Defense):
                 return ev, True
         t0 = time.perf_counter()
         rnp, rnp_info = rnp_masks(model, neurons, data.x_fit, data.y_fit, ctx)
+        amplified = amplified_rates(model, neurons, data.x_fit, data.y_fit, data.num_classes, ctx.device)
         probes = make_probes(model, data.x_fit, data.y_fit, data.num_classes, ctx, self.uap_eps,
-                             unlearned_predictions=rnp_info["unlearned_predictions"])
+                             unlearned_predictions=rnp_info["unlearned_predictions"], amplified=amplified)
         t_probes = time.perf_counter() - t0
         feats, names, info = neuron_features(model, graph, data.x_fit, data.y_fit, probes, ctx,
                                              FeatureConfig(anp_iterations=self.anp_iterations), rnp=rnp)

@@ -23,7 +23,7 @@ from onp.utils.io import load_tensors, read_json, save_tensors, stable_hash, wri
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 2
 """Bump when the evidence code changes, so that stale cache entries are not reused."""
 
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from onp.defenses.base import DefenseContext, batch_steps
+from onp.graph.neurons import NeuronMask, Neurons
 from onp.utils.runtime import frozen
 
 
@@ -150,40 +151,47 @@ class ProbeSet:
         return ProbeSet(self.target, self.probes + full, self.rates)
 
 
-def make_probes(model: nn.Module, x: Tensor, y: Tensor, num_classes: int, ctx: DefenseContext,
-                eps: float = 8 / 255, uap_steps: int = 60, patch_steps: int = 150,
-                unlearned_predictions: list[int] | None = None, collapse: float = 0.9,
-                candidate_share: float = 0.1, max_candidates: int = 3, rate: float | None = 0.6) -> ProbeSet:
-    """Estimate the target class, then build a targeted universal perturbation and an inverted patch trigger
-    toward it.
+def estimate_target(model: nn.Module, x: Tensor, y: Tensor, num_classes: int, ctx: DefenseContext,
+                    eps: float = 8 / 255, uap_steps: int = 60, unlearned_predictions: list[int] | None = None,
+                    amplified: list[float] | None = None, collapse: float = 0.9, amplified_decides: float = 0.5,
+                    candidate_share: float = 0.1, max_candidates: int = 3) -> tuple[int, dict[str, float | int]]:
+    """The class a backdoor most likely targets, and the signals it was estimated from.
 
-    The estimate combines two trigger-free signals of a shortcut to a class:
+    The estimate combines three trigger-free signals of a shortcut to a class:
 
     - the share of clean images that RNP's unlearned model (trained to *raise* the clean loss) sends to it:
       unlearning leaves the backdoor's shortcut as the easiest wrong answer (digits BadNets: 160 of 160 images
       to the true target; CIFAR-10 BadNets: 74%);
+    - ``amplified``: the share of images of other classes sent to it when the neurons CLP flags are amplified
+      (:func:`amplified_rates`);
     - how many images of other classes a targeted universal perturbation (half the probe's steps) sends to it.
 
-    A share of at least ``collapse`` decides alone. Otherwise the candidates are the classes with at least
-    ``candidate_share`` of the unlearned predictions (at most ``max_candidates``) and the class an untargeted
-    universal perturbation drives most images to; the estimate is the candidate with the largest sum of the two
-    signals. Neither signal suffices alone: on CIFAR-10 Blended unlearning sent 51% to class 5 and 35% to the
-    true target 0, whose targeted perturbation reached 100% against 27% for class 5; on BadNets (a patch, which
-    an L-inf perturbation does not imitate) the perturbation reached 82% for class 6 and 56% for the target,
-    which unlearning picked with 74%.
-
-    Each probe is then weakened to send about ``rate`` of the images to the target (:func:`calibrate`;
-    ``None`` keeps full strength).
+    An unlearned share of at least ``collapse`` decides alone; then an amplified share of at least
+    ``amplified_decides``. Otherwise the candidates are the classes with at least ``candidate_share`` of the
+    unlearned predictions (at most ``max_candidates``), the class amplification sends most images to, and the
+    class an untargeted universal perturbation drives most images to; the estimate is the candidate with the
+    largest sum of the three signals. No signal suffices alone: on CIFAR-10 Blended unlearning sent 51% to
+    class 5 and 35% to the true target 0, whose targeted perturbation reached 100% against 27% for class 5, and
+    amplification sent 32% to class 7; on BadNets (a patch, which an L-inf perturbation does not imitate) the
+    perturbation reached 82% for class 6 and 56% for the target, which unlearning picked with 74%; on LC
+    unlearning sent 87% to class 3 and amplification 76% to the true target (docs/design.md).
     """
     rates: dict[str, float | int] = {}
     counts = torch.tensor(unlearned_predictions or [0] * num_classes, dtype=torch.float)
     share = counts / counts.sum().clamp_min(1)
     rates["unlearned_class"], rates["unlearned_share"] = int(share.argmax()), share.max().item()
+    amp = torch.tensor(amplified or [0.0] * num_classes, dtype=torch.float)
+    if amplified is not None:
+        rates["amplified_class"], rates["amplified_share"] = int(amp.argmax()), amp.max().item()
     if share.max() >= collapse:
         target = int(share.argmax())
+    elif amp.max() >= amplified_decides:
+        target = int(amp.argmax())
     else:
         order = share.argsort(descending=True)[:max_candidates]
         candidates = [int(c) for c in order if share[c] >= candidate_share]
+        if amplified is not None and int(amp.argmax()) not in candidates:
+            candidates.append(int(amp.argmax()))
         untargeted = universal_perturbation(model, x, y, ctx, eps, uap_steps)
         uap_class, rates["untargeted_uap"] = dominant_class(model, x, y, lambda v: (v + untargeted).clamp(0, 1),
                                                             ctx.device, num_classes)
@@ -194,9 +202,24 @@ def make_probes(model: nn.Module, x: Tensor, y: Tensor, num_classes: int, ctx: D
         for c in candidates:
             delta = universal_perturbation(model, x, y, ctx, eps, max(1, uap_steps // 2), target=c)
             rates[f"scan_uap_{c}"] = probe_rate(model, x, y, Probe("uap", c, delta=delta), ctx.device)
-            scores[c] = share[c].item() + rates[f"scan_uap_{c}"]
+            scores[c] = share[c].item() + amp[c].item() + rates[f"scan_uap_{c}"]
         target = max(scores, key=scores.get)
     rates["target_estimate"] = target
+    return target, rates
+
+
+def make_probes(model: nn.Module, x: Tensor, y: Tensor, num_classes: int, ctx: DefenseContext,
+                eps: float = 8 / 255, uap_steps: int = 60, patch_steps: int = 150,
+                unlearned_predictions: list[int] | None = None, amplified: list[float] | None = None,
+                rate: float | None = 0.6, **estimate: float) -> ProbeSet:
+    """Estimate the target class (:func:`estimate_target`, which ``estimate`` parameterizes), then build a
+    targeted universal perturbation and an inverted patch trigger toward it.
+
+    Each probe is then weakened to send about ``rate`` of the images to the target (:func:`calibrate`;
+    ``None`` keeps full strength).
+    """
+    target, rates = estimate_target(model, x, y, num_classes, ctx, eps, uap_steps, unlearned_predictions, amplified,
+                                    **estimate)
     targeted = Probe("uap", target, delta=universal_perturbation(model, x, y, ctx, eps, uap_steps, target=target))
     patch = invert_patch(model, x, y, target, ctx, patch_steps)
     for p in (targeted, patch):
@@ -205,6 +228,28 @@ def make_probes(model: nn.Module, x: Tensor, y: Tensor, num_classes: int, ctx: D
             calibrate(model, x, y, p, ctx.device, rate)
         rates[p.kind], rates[f"{p.kind}_strength"] = probe_rate(model, x, y, p, ctx.device), p.strength
     return ProbeSet(target, [targeted, patch], rates)
+
+
+@torch.no_grad()
+def amplified_rates(model: nn.Module, neurons: Neurons, x: Tensor, y: Tensor, num_classes: int, device: torch.device,
+                    k: int = 10, gain: float = 4.0) -> list[float]:
+    """Per class, the share of the images of other classes sent to it when the ``k`` neurons with the largest
+    per-layer z-scores of CLP's channel Lipschitz bound are multiplied by ``gain``.
+
+    A backdoor lives in a few neurons that respond strongly to the trigger (CLP's observation), and amplified
+    they push to its target. On CIFAR-10 ResNet-18 (500 clean images, k = 10, gain 4) this sent 379 images to
+    LC's target, 432 to the target of an LC model trained with target 5, and at most 86 to any class of a clean
+    model (docs/design.md).
+    """
+    from onp.defenses.clp import channel_lipschitz, standardize_per_layer
+
+    ranking = torch.argsort(standardize_per_layer(channel_lipschitz(neurons), neurons), descending=True)
+    scale = torch.ones(len(neurons))
+    scale[ranking[:k]] = gain
+    model.eval()
+    with NeuronMask(neurons, scale).applied():
+        pred = torch.cat([model(x[s:s + 500].to(device)).argmax(1).cpu() for s in range(0, len(x), 500)])
+    return [((pred == c) & (y != c)).sum().item() / max(int((y != c).sum()), 1) for c in range(num_classes)]
 
 
 @torch.no_grad()
