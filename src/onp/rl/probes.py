@@ -172,9 +172,9 @@ def estimate_target(model: nn.Module, x: Tensor, y: Tensor, num_classes: int, ct
     class an untargeted universal perturbation drives most images to; the estimate is the candidate with the
     largest sum of the three signals. No signal suffices alone: on CIFAR-10 Blended unlearning sent 51% to
     class 5 and 35% to the true target 0, whose targeted perturbation reached 100% against 27% for class 5, and
-    amplification sent 32% to class 7; on BadNets (a patch, which an L-inf perturbation does not imitate) the
+    amplification sent 23% to class 7; on BadNets (a patch, which an L-inf perturbation does not imitate) the
     perturbation reached 82% for class 6 and 56% for the target, which unlearning picked with 74%; on LC
-    unlearning sent 87% to class 3 and amplification 76% to the true target (docs/design.md).
+    unlearning sent 87% to class 3 and amplification 74% to the true target (docs/design.md).
     """
     rates: dict[str, float | int] = {}
     counts = torch.tensor(unlearned_predictions or [0] * num_classes, dtype=torch.float)
@@ -211,7 +211,7 @@ def estimate_target(model: nn.Module, x: Tensor, y: Tensor, num_classes: int, ct
 def make_probes(model: nn.Module, x: Tensor, y: Tensor, num_classes: int, ctx: DefenseContext,
                 eps: float = 8 / 255, uap_steps: int = 60, patch_steps: int = 150,
                 unlearned_predictions: list[int] | None = None, amplified: list[float] | None = None,
-                rate: float | None = 0.6, **estimate: float) -> ProbeSet:
+                rate: float | None = 0.6, **estimate: float | int) -> ProbeSet:
     """Estimate the target class (:func:`estimate_target`, which ``estimate`` parameterizes), then build a
     targeted universal perturbation and an inverted patch trigger toward it.
 
@@ -237,9 +237,9 @@ def amplified_rates(model: nn.Module, neurons: Neurons, x: Tensor, y: Tensor, nu
     per-layer z-scores of CLP's channel Lipschitz bound are multiplied by ``gain``.
 
     A backdoor lives in a few neurons that respond strongly to the trigger (CLP's observation), and amplified
-    they push to its target. On CIFAR-10 ResNet-18 (500 clean images, k = 10, gain 4) this sent 379 images to
-    LC's target, 432 to the target of an LC model trained with target 5, and at most 86 to any class of a clean
-    model (docs/design.md).
+    they push to its target. On CIFAR-10 ResNet-18 (the 400 fit images of the benchmark's clean split, k = 10,
+    gain 4) this sent 74% to LC's target, 86% to the target of an LC model trained with target 5, and at most 8%
+    to any class of a clean model (docs/design.md).
     """
     from onp.defenses.clp import channel_lipschitz, standardize_per_layer
 
