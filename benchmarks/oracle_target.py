@@ -2,6 +2,8 @@
 target, to tell a wrong estimate apart from probes that miss the trigger (docs/design.md, ONP, SIG and LC).
 
     .venv/bin/python benchmarks/oracle_target.py benchmarks/zoo/cifar10-resnet18w16-lc --seed 0
+    .venv/bin/python benchmarks/oracle_target.py benchmarks/zoo/cifar10-resnet18w16-sig --probe-eps 24 \
+        --probe-resolution 16
 
 It reads the target from the model's metadata, which no defense may do, so its numbers never enter a results
 table. Prints the neurons pruned, test ACC/ASR after the defense, the probe rates, the clean-set selection curve,
@@ -45,6 +47,8 @@ def main() -> None:
     p.add_argument("--defense-size", type=int, default=500)
     p.add_argument("--test-images", type=int, default=2000)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--probe-eps", type=float, help="the perturbation probe's L-inf bound, in 1/255 (ONP's probe_eps)")
+    p.add_argument("--probe-resolution", type=int, help="the perturbation probe's map size (ONP's probe_resolution)")
     args = p.parse_args()
     set_threads(args.threads)
     device = torch.device("cpu")
@@ -59,11 +63,13 @@ def main() -> None:
     idx = defense_split(train.labels, train.num_classes, size=args.defense_size, seed=args.seed)
     seed_everything(args.seed)
     data = DefenseData.from_dataset(train.subset(idx), seed=args.seed)
-    result = create_defense("onp", rl=False).repair(model, data, DefenseContext(device, args.seed))
+    probe = {"probe_eps": None if args.probe_eps is None else args.probe_eps / 255,
+             "probe_resolution": args.probe_resolution}
+    result = create_defense("onp", rl=False, **probe).repair(model, data, DefenseContext(device, args.seed))
     report = result.report
     curve = test_pruning_curve(model, report, data, test, attack, device, args.test_images)
     print(json.dumps({
-        "model": args.model, "seed": args.seed, "target_estimate": report["probe"]["target_estimate"],
+        "model": args.model, "seed": args.seed, "probe": probe, "target_estimate": report["probe"]["target_estimate"],
         "num_pruned": report["chosen"]["pruned"],
         "before": meta.get("metrics"), "after": evaluate(result.model, test, attack, device),
         "probe_rates": report["probe"]["rates"],

@@ -227,6 +227,13 @@ def test_bad_granularity(name: str) -> None:
         create_defense(name, granularity="bogus")
 
 
+@pytest.mark.parametrize(("param", "value", "message"), [("probe_resolution", 0, "positive map size"),
+                                                           ("probe_eps", 8.0, r"in \(0, 1\]")])
+def test_bad_onp_probe(param: str, value: float, message: str) -> None:
+    with pytest.raises(OnpError, match=f"{param} must be .*{message}"):
+        create_defense("onp", **{param: value})
+
+
 @pytest.mark.parametrize("name", [n for n in PRUNING if issubclass(DEFENSES.get(n), ScorePruneDefense)])
 def test_bad_selection(name: str) -> None:
     with pytest.raises(OnpError, match="unknown selection 'bogus'; valid: bound, threshold"):

@@ -124,3 +124,44 @@ def test_a_weak_amplified_share_joins_the_candidates_and_the_score(monkeypatch: 
                                            amplified=[0.0, 0.1, 0.3])
     assert {"scan_uap_0", "scan_uap_2"} <= rates.keys()
     assert target == 2  # 0.4 + 0.3 + 0.5 beats 0.6 + 0.0 + 0.5
+
+
+def test_a_low_resolution_perturbation_is_smooth_bounded_and_works() -> None:
+    """At resolution 1 the perturbation is one value per channel: here a brightening the model reads as class 1."""
+    from onp.defenses.base import DefenseContext
+    from onp.rl.probes import universal_perturbation
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.stack([torch.zeros(16), torch.ones(16) / 16]))
+        model[1].bias.copy_(torch.tensor([0.0, -0.5]))  # class 1 when the mean pixel exceeds 0.5
+    x = torch.rand(200, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 0.8
+    y = model(x).argmax(1)
+    assert (y == 0).float().mean() > 0.9
+    delta = universal_perturbation(model, x, y, DefenseContext(), eps=0.3, steps=100, target=1, resolution=1)
+    assert delta.shape == (1, 4, 4)
+    assert torch.allclose(delta, delta[:, :1, :1].expand_as(delta))
+    assert delta.abs().max() <= 0.3 + 1e-6
+    assert probe_rate(model, x, y, Probe("uap", 1, delta=delta), torch.device("cpu")) > 0.9
+
+
+def test_make_probes_builds_the_probe_at_its_own_bound_and_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The estimate's scan keeps ``eps`` at full resolution; only the targeted probe takes ``probe_*``."""
+    import onp.rl.probes as probes
+    from onp.defenses.base import DefenseContext
+
+    calls = []
+
+    def record(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: DefenseContext, eps: float, steps: int,
+               target: int | None = None, resolution: int | None = None) -> torch.Tensor:
+        calls.append((eps, steps, target, resolution))
+        return torch.zeros(1, 4, 4)
+
+    monkeypatch.setattr(probes, "universal_perturbation", record)
+    monkeypatch.setattr(probes, "invert_patch", lambda model, x, y, t, *a, **k: Probe(
+        "patch", t, mask=torch.zeros(1, 4, 4), pattern=torch.zeros(1, 4, 4)))
+    x, y = _data()
+    probes.make_probes(Threshold(), x, y, 2, DefenseContext(), eps=0.03, unlearned_predictions=[50, 50], rate=None,
+                       probe_eps=0.1, probe_resolution=2)
+    assert calls[:-1] and all(c[0] == 0.03 and c[3] is None for c in calls[:-1])  # the estimate's
+    assert calls[-1] == (0.1, 60, calls[-1][2], 2)  # the probe

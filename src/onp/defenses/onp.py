@@ -63,7 +63,11 @@ class ONP(Defense):
         updates, episodes_per_update, steps: the search's size (see :class:`~onp.rl.agent.AgentConfig`).
         lam, rho: reward weights (see :class:`~onp.rl.reward.RewardConfig`); ``rho = 0.5`` (0.1 let the stop
             follow a slow probe-rate creep to 72 neurons on BadNets, costing 2.4 points of accuracy).
-        uap_eps: L-inf bound of the universal perturbation probe (default 8/255).
+        uap_eps: L-inf bound of the universal perturbations of the target estimate and, by default, of the probe
+            (default 8/255).
+        probe_eps, probe_resolution: L-inf bound (default ``uap_eps``) and map size (default: the image's) of the
+            targeted perturbation probe; a low resolution makes it a low-frequency pattern
+            (:func:`~onp.rl.probes.universal_perturbation`).
         anp_iterations: ANP steps for the ANP feature (default 100).
         reward_images: clean (and probed) images per reward evaluation during the search (default 128).
         tolerance: the stop is the smallest prefix whose objective is within this of the best (default 0.02).
@@ -83,15 +87,20 @@ class ONP(Defense):
     def __init__(self, max_drop: float = 0.02, granularity: str = "neuron", max_fraction: float = 0.3, rl: bool = True,
                  gnn: bool = True, updates: int = 20, episodes_per_update: int = 8, steps: int = 3, lam: float = 1.0,
                  rho: float = 0.5, uap_eps: float = 8 / 255, anp_iterations: int = 100, reward_images: int = 128,
-                 tolerance: float = 0.02, stop_full: bool = True, prior_weight: float = 1.0) -> None:
+                 tolerance: float = 0.02, stop_full: bool = True, prior_weight: float = 1.0,
+                 probe_eps: float | None = None, probe_resolution: int | None = None) -> None:
         if granularity not in GRANULARITIES:
             raise OnpError(f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")
+        if probe_resolution is not None and probe_resolution < 1:
+            raise OnpError(f"probe_resolution must be a positive map size, got {probe_resolution}")
+        if probe_eps is not None and not 0 < probe_eps <= 1:
+            raise OnpError(f"probe_eps must be in (0, 1] (image units), got {probe_eps}")
         self.max_drop, self.granularity, self.max_fraction, self.rl, self.gnn = max_drop, granularity, max_fraction, \
             rl, gnn
         self.updates, self.episodes_per_update, self.steps = updates, episodes_per_update, steps
         self.lam, self.rho, self.uap_eps, self.anp_iterations = lam, rho, uap_eps, anp_iterations
         self.reward_images, self.tolerance, self.stop_full = reward_images, tolerance, stop_full
-        self.prior_weight = prior_weight
+        self.prior_weight, self.probe_eps, self.probe_resolution = prior_weight, probe_eps, probe_resolution
 
     def _evidence(self, model: nn.Module, neurons: Neurons, graph: NeuronGraph, data: DefenseData,
                   ctx: DefenseContext) -> tuple[Evidence, bool]:
@@ -105,8 +114,11 @@ class ONP(Defense):
 
         key = None
         if ctx.cache_dir is not None:
-            key = evidence_key(model, data.x_fit, data.y_fit, {"seed": ctx.seed, "uap_eps": self.uap_eps,
-                                                               "anp_iterations": self.anp_iterations})
+            params = {"seed": ctx.seed, "uap_eps": self.uap_eps, "anp_iterations": self.anp_iterations}
+            # set only when not the default, so that the keys of default runs stay as they were
+            params.update({k: v for k, v in (("probe_eps", self.probe_eps),
+                                             ("probe_resolution", self.probe_resolution)) if v is not None})
+            key = evidence_key(model, data.x_fit, data.y_fit, params)
             ev = load_evidence(Path(ctx.cache_dir), key)
             if ev is not None:
                 log.info("onp: evidence loaded from the cache (computed in %.0f s)", sum(ev.timings.values()))
@@ -115,7 +127,8 @@ class ONP(Defense):
         rnp, rnp_info = rnp_masks(model, neurons, data.x_fit, data.y_fit, ctx)
         amplified = amplified_rates(model, neurons, data.x_fit, data.y_fit, data.num_classes, ctx.device)
         probes = make_probes(model, data.x_fit, data.y_fit, data.num_classes, ctx, self.uap_eps,
-                             unlearned_predictions=rnp_info["unlearned_predictions"], amplified=amplified)
+                             unlearned_predictions=rnp_info["unlearned_predictions"], amplified=amplified,
+                             probe_eps=self.probe_eps, probe_resolution=self.probe_resolution)
         t_probes = time.perf_counter() - t0
         feats, names, info = neuron_features(model, graph, data.x_fit, data.y_fit, probes, ctx,
                                              FeatureConfig(anp_iterations=self.anp_iterations), rnp=rnp)

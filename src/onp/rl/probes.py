@@ -46,16 +46,30 @@ class Probe:
 
 
 def universal_perturbation(model: nn.Module, x: Tensor, y: Tensor, ctx: DefenseContext, eps: float = 8 / 255,
-                           steps: int = 60, batch_size: int = 128, target: int | None = None) -> Tensor:
-    """An L-inf universal perturbation: untargeted (raise the loss of the true labels) or toward ``target``."""
+                           steps: int = 60, batch_size: int = 128, target: int | None = None,
+                           resolution: int | None = None) -> Tensor:
+    """An L-inf universal perturbation: untargeted (raise the loss of the true labels) or toward ``target``.
+
+    With ``resolution`` the perturbation is a ``resolution`` x ``resolution`` map per channel, upsampled
+    bilinearly to the image: a low-frequency pattern, which cannot use the high-frequency adversarial features a
+    full-resolution perturbation finds (docs/design.md, ONP, SIG).
+    """
     model.eval()
     g = torch.Generator().manual_seed(ctx.seed + 11)
-    delta = torch.zeros(x.shape[1:], device=ctx.device, requires_grad=True)
-    opt = torch.optim.Adam([delta], lr=eps / 10)
+    c, h, w = x.shape[1:]
+    shape = (c, h, w) if resolution is None else (c, resolution, resolution)
+    param = torch.zeros(shape, device=ctx.device, requires_grad=True)
+
+    def expand(p: Tensor) -> Tensor:
+        if resolution is None:
+            return p
+        return F.interpolate(p[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+
+    opt = torch.optim.Adam([param], lr=eps / 10)
     with frozen(model):
         for idx in batch_steps(len(x), batch_size, g, steps):
             xb, yb = x[idx].to(ctx.device), y[idx].to(ctx.device)
-            logits = model((xb + delta).clamp(0, 1))
+            logits = model((xb + expand(param)).clamp(0, 1))
             if target is None:
                 loss = -F.cross_entropy(logits, yb)
             else:
@@ -65,8 +79,9 @@ def universal_perturbation(model: nn.Module, x: Tensor, y: Tensor, ctx: DefenseC
             loss.backward()
             opt.step()
             with torch.no_grad():
-                delta.clamp_(-eps, eps)
-    return delta.detach().cpu()
+                param.clamp_(-eps, eps)
+    with torch.no_grad():
+        return expand(param).detach().cpu()
 
 
 @torch.no_grad()
@@ -211,16 +226,22 @@ def estimate_target(model: nn.Module, x: Tensor, y: Tensor, num_classes: int, ct
 def make_probes(model: nn.Module, x: Tensor, y: Tensor, num_classes: int, ctx: DefenseContext,
                 eps: float = 8 / 255, uap_steps: int = 60, patch_steps: int = 150,
                 unlearned_predictions: list[int] | None = None, amplified: list[float] | None = None,
-                rate: float | None = 0.6, **estimate: float | int) -> ProbeSet:
+                rate: float | None = 0.6, probe_eps: float | None = None, probe_resolution: int | None = None,
+                **estimate: float | int) -> ProbeSet:
     """Estimate the target class (:func:`estimate_target`, which ``estimate`` parameterizes), then build a
     targeted universal perturbation and an inverted patch trigger toward it.
+
+    The estimate's perturbations use ``eps`` at full resolution; the targeted probe uses ``probe_eps`` (default
+    ``eps``) and ``probe_resolution`` (default full; see :func:`universal_perturbation`).
 
     Each probe is then weakened to send about ``rate`` of the images to the target (:func:`calibrate`;
     ``None`` keeps full strength).
     """
     target, rates = estimate_target(model, x, y, num_classes, ctx, eps, uap_steps, unlearned_predictions, amplified,
                                     **estimate)
-    targeted = Probe("uap", target, delta=universal_perturbation(model, x, y, ctx, eps, uap_steps, target=target))
+    targeted = Probe("uap", target, delta=universal_perturbation(
+        model, x, y, ctx, eps if probe_eps is None else probe_eps, uap_steps, target=target,
+        resolution=probe_resolution))
     patch = invert_patch(model, x, y, target, ctx, patch_steps)
     for p in (targeted, patch):
         rates[f"{p.kind}_full"] = probe_rate(model, x, y, p, ctx.device)
