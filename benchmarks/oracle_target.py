@@ -24,6 +24,7 @@ from onp.artifacts import load_attack, load_model
 from onp.bench.runner import test_pruning_curve
 from onp.data import create_dataset, defense_split
 from onp.defenses import DefenseContext, DefenseData, create_defense
+from onp.errors import OnpError
 from onp.evaluate import evaluate
 from onp.utils.runtime import seed_everything, set_threads
 
@@ -50,6 +51,12 @@ def main() -> None:
     p.add_argument("--probe-eps", type=float, help="the perturbation probe's L-inf bound, in 1/255 (ONP's probe_eps)")
     p.add_argument("--probe-resolution", type=int, help="the perturbation probe's map size (ONP's probe_resolution)")
     args = p.parse_args()
+    probe = {"probe_eps": None if args.probe_eps is None else args.probe_eps / 255,
+             "probe_resolution": args.probe_resolution}
+    try:
+        defense = create_defense("onp", rl=False, **probe)
+    except OnpError as e:
+        p.error(str(e))
     set_threads(args.threads)
     device = torch.device("cpu")
     model, meta = load_model(args.model)
@@ -63,9 +70,7 @@ def main() -> None:
     idx = defense_split(train.labels, train.num_classes, size=args.defense_size, seed=args.seed)
     seed_everything(args.seed)
     data = DefenseData.from_dataset(train.subset(idx), seed=args.seed)
-    probe = {"probe_eps": None if args.probe_eps is None else args.probe_eps / 255,
-             "probe_resolution": args.probe_resolution}
-    result = create_defense("onp", rl=False, **probe).repair(model, data, DefenseContext(device, args.seed))
+    result = defense.repair(model, data, DefenseContext(device, args.seed))
     report = result.report
     curve = test_pruning_curve(model, report, data, test, attack, device, args.test_images)
     print(json.dumps({
