@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from onp.defenses.base import DefenseContext, batch_steps
+from onp.evaluate import predict
 from onp.graph.neurons import NeuronMask, Neurons
 from onp.utils.runtime import frozen
 
@@ -88,14 +89,14 @@ def universal_perturbation(model: nn.Module, x: Tensor, y: Tensor, ctx: DefenseC
 def dominant_class(model: nn.Module, x: Tensor, y: Tensor, probe_apply, device: torch.device,  # noqa: ANN001
                    num_classes: int) -> tuple[int, float]:
     """The class the probe sends most images of *other* classes to, and that fraction."""
-    model.eval()
-    pred = torch.cat([model(probe_apply(x[s:s + 500]).to(device)).argmax(1).cpu() for s in range(0, len(x), 500)])
-    rates = []
-    for c in range(num_classes):
-        other = y != c
-        rates.append(((pred == c) & other).sum().item() / max(int(other.sum()), 1))
+    rates = rates_to_classes(predict(model, probe_apply(x), device, 500), y, num_classes)
     c = int(torch.tensor(rates).argmax())
     return c, rates[c]
+
+
+def rates_to_classes(pred: Tensor, y: Tensor, num_classes: int) -> list[float]:
+    """Per class, the fraction of the images of *other* classes predicted as it."""
+    return [((pred == c) & (y != c)).sum().item() / max(int((y != c).sum()), 1) for c in range(num_classes)]
 
 
 def invert_patch(model: nn.Module, x: Tensor, y: Tensor, target: int, ctx: DefenseContext, steps: int = 150,
@@ -267,10 +268,8 @@ def amplified_rates(model: nn.Module, neurons: Neurons, x: Tensor, y: Tensor, nu
     ranking = torch.argsort(standardize_per_layer(channel_lipschitz(neurons), neurons), descending=True)
     scale = torch.ones(len(neurons))
     scale[ranking[:k]] = gain
-    model.eval()
     with NeuronMask(neurons, scale).applied():
-        pred = torch.cat([model(x[s:s + 500].to(device)).argmax(1).cpu() for s in range(0, len(x), 500)])
-    return [((pred == c) & (y != c)).sum().item() / max(int((y != c).sum()), 1) for c in range(num_classes)]
+        return rates_to_classes(predict(model, x, device, 500), y, num_classes)
 
 
 @torch.no_grad()
