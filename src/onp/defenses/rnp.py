@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from onp.defenses import register_defense
 from onp.defenses.base import DefenseContext, DefenseData, accuracy, batches
 from onp.defenses.pruning import ScorePruneDefense
+from onp.evaluate import predict
 from onp.graph.neurons import NeuronMask, Neurons
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,7 @@ def rnp_masks(model: nn.Module, neurons: Neurons, x: Tensor, y: Tensor, ctx: Def
     unlearned, took = unlearn(model, x, y, ctx, unlearn_lr, unlearn_epochs, clean_threshold, batch_size)
     acc = accuracy(unlearned, x, y, ctx.device)
     un_neurons = neurons.on(unlearned)
-    with torch.no_grad():
-        pred = torch.cat([unlearned(x[s:s + 500].to(ctx.device)).argmax(1).cpu() for s in range(0, len(x), 500)])
+    pred = predict(unlearned, x, ctx.device, 500)
     masks = recover_masks(unlearned, un_neurons, x, y, ctx, recover_lr, recover_epochs, batch_size)
     info = {"unlearn_epochs": took, "unlearned_clean_acc": acc,
             "unlearned_predictions": torch.bincount(pred, minlength=int(y.max()) + 1).tolist()}

@@ -279,7 +279,4 @@ def probe_rate(model: nn.Module, x: Tensor, y: Tensor, probe: Probe, device: tor
     xs = x[keep]
     if not len(xs):
         return 0.0
-    model.eval()
-    hits = sum((model(probe.apply(xs[s:s + 500]).to(device)).argmax(1) == probe.target).sum().item()
-               for s in range(0, len(xs), 500))
-    return hits / len(xs)
+    return (predict(model, probe.apply(xs), device, 500) == probe.target).sum().item() / len(xs)
