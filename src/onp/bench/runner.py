@@ -164,6 +164,7 @@ def test_pruning_curve(model: torch.nn.Module, report: dict[str, Any], data: Any
                        device: torch.device, images: int) -> list[dict[str, float]]:
     """Test ACC and ASR as the defense's ranking is pruned further (measured after the defense finished)."""
     from onp.defenses.pruning import pruning_curve
+    from onp.evaluate import predict
     from onp.graph import find_neurons
 
     neurons = find_neurons(model, data.x_fit[:1].to(device))
@@ -180,8 +181,7 @@ def test_pruning_curve(model: torch.nn.Module, report: dict[str, Any], data: Any
     @torch.no_grad()
     def metric(m: torch.nn.Module) -> dict[str, float]:
         def acc(xx: torch.Tensor, yy: torch.Tensor) -> float:
-            pred = torch.cat([m(xx[s:s + 500].to(device)).argmax(1).cpu() for s in range(0, len(xx), 500)])
-            return (pred == yy).float().mean().item()
+            return (predict(m, xx, device, 500) == yy).float().mean().item()
 
         return {"clean_acc": acc(x, y), "asr": acc(xt, yt)}
 

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from onp.data.base import ImageDataset
 from onp.data.split import defense_split
 from onp.errors import OnpError
+from onp.evaluate import predict
 from onp.utils.progress import ProgressFactory, null_progress
 
 
@@ -107,11 +108,7 @@ class Defense(ABC):
 @torch.no_grad()
 def accuracy(model: nn.Module, x: Tensor, y: Tensor, device: torch.device, batch_size: int = 500) -> float:
     """Fraction of ``x`` classified as ``y``."""
-    model.eval()
-    correct = 0
-    for s in range(0, len(x), batch_size):
-        correct += (model(x[s:s + batch_size].to(device)).argmax(1).cpu() == y[s:s + batch_size]).sum().item()
-    return correct / max(len(x), 1)
+    return (predict(model, x, device, batch_size) == y).sum().item() / max(len(x), 1)
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator, epochs: int = 1):  # noqa: ANN201
