@@ -17,8 +17,8 @@ import torch
 
 from onp.artifacts import load_model
 from onp.data import create_dataset, defense_split
-from onp.defenses.clp import channel_lipschitz, standardize_per_layer
 from onp.graph.neurons import NeuronMask, find_neurons
+from onp.scores import channel_lipschitz, standardize_per_layer
 from onp.utils.runtime import set_threads
 
 

@@ -15,30 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
 import torch
 
-import onp.rl.probes
 from onp.artifacts import load_attack, load_model
 from onp.bench.runner import test_pruning_curve
-from onp.data import create_dataset, defense_split
-from onp.defenses import DefenseContext, DefenseData, create_defense
+from onp.data import create_dataset
+from onp.defenses import create_defense
 from onp.errors import OnpError
-from onp.evaluate import evaluate
-from onp.utils.runtime import seed_everything, set_threads
-
-
-def force_target(target: int) -> None:
-    """Make ONP's target estimate ``target``: its unlearning signal then names it with a share of 1, which decides
-    alone (:func:`onp.rl.probes.make_probes`)."""
-    original = onp.rl.probes.make_probes
-
-    def forced(model: Any, x: Any, y: Any, num_classes: int, ctx: Any, *args: Any, **kwargs: Any) -> Any:
-        kwargs["unlearned_predictions"] = [1 if c == target else 0 for c in range(num_classes)]
-        return original(model, x, y, num_classes, ctx, *args, **kwargs)
-
-    onp.rl.probes.make_probes = forced
+from onp.pipeline import defend
+from onp.utils.runtime import set_threads
 
 
 def main() -> None:
@@ -54,7 +40,7 @@ def main() -> None:
     probe = {"probe_eps": None if args.probe_eps is None else args.probe_eps / 255,
              "probe_resolution": args.probe_resolution}
     try:
-        defense = create_defense("onp", rl=False, **probe)
+        create_defense("onp", rl=False, **probe)  # a bad value is refused before any data is read
     except OnpError as e:
         p.error(str(e))
     set_threads(args.threads)
@@ -63,22 +49,20 @@ def main() -> None:
     attack = load_attack(args.model, meta)
     if attack is None:
         p.error(f"{args.model} holds no attack, so it has no true target")
-    force_target(int(meta["attack"]["target_label"]))
+    defense = create_defense("onp", rl=False, oracle_target=int(meta["attack"]["target_label"]), **probe)
     root = meta["config"]["data"]["root"]
     train = create_dataset(meta["data"]["name"], root, "train")
     test = create_dataset(meta["data"]["name"], root, "test")
-    idx = defense_split(train.labels, train.num_classes, size=args.defense_size, seed=args.seed)
-    seed_everything(args.seed)
-    data = DefenseData.from_dataset(train.subset(idx), seed=args.seed)
-    result = defense.repair(model, data, DefenseContext(device, args.seed))
-    report = result.report
-    curve = test_pruning_curve(model, report, data, test, attack, device, args.test_images)
+    outcome = defend(model, defense, train, size=args.defense_size, seed=args.seed, device=device, test=test,
+                     attack=attack, before=meta.get("metrics"))
+    pruning, details = outcome.pruning, outcome.result.details
+    assert pruning is not None and outcome.metrics is not None
+    curve = test_pruning_curve(model, pruning, defense.params()["granularity"], test, attack, device,
+                               args.test_images)
     print(json.dumps({
-        "model": args.model, "seed": args.seed, "probe": probe, "target_estimate": report["probe"]["target_estimate"],
-        "num_pruned": report["chosen"]["pruned"],
-        "before": meta.get("metrics"), "after": evaluate(result.model, test, attack, device),
-        "probe_rates": report["probe"]["rates"],
-        "selection_curve": [{k: round(v, 4) for k, v in q.items()} for q in report["selection_curve"]],
+        "model": args.model, "seed": args.seed, "probe": probe, "target_estimate": details["probe"]["target_estimate"],
+        "num_pruned": pruning.chosen["pruned"], **outcome.metrics, "probe_rates": details["probe"]["rates"],
+        "selection_curve": [{k: round(v, 4) for k, v in q.items()} for q in pruning.curve],
         "test_curve": [{k: round(v, 4) for k, v in q.items()} for q in curve],
     }, indent=1))
 

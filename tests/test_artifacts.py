@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from onp.artifacts import META, TRIGGER, WEIGHTS, ArchSpec, load_attack, load_model, save_model
+from onp.artifacts import (
+    META,
+    TRIGGER,
+    WEIGHTS,
+    ArchSpec,
+    load_attack,
+    load_model,
+    save_model,
+)
 from onp.attacks import create_attack
 from onp.errors import OnpError
 from onp.utils.io import atomic_dir, load_tensors

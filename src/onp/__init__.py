@@ -1,17 +1,12 @@
 """onp: remove backdoors from image classifiers by Optimized Neuron Pruning.
 
-Sub-packages: :mod:`onp.data` (datasets), :mod:`onp.models` (architectures), :mod:`onp.attacks`
-(backdoor attacks), :mod:`onp.defenses` (ONP and baselines), :mod:`onp.graph` (neuron graphs),
-:mod:`onp.rl` (the pruning agent), :mod:`onp.bench` (benchmark and report).
+Sub-packages: :mod:`onp.data` (datasets), :mod:`onp.models` (architectures), :mod:`onp.attacks` (backdoor attacks),
+:mod:`onp.scores` (per-neuron evidence shared by defenses), :mod:`onp.graph` (neurons and their graph),
+:mod:`onp.defenses` (ONP, in :mod:`onp.defenses.onp`, and the baselines), :mod:`onp.pipeline` (defend one model),
+:mod:`onp.bench` (benchmark and report). docs/design.md draws the layers.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("onp")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
-
 from onp.errors import OnpError
+from onp.version import __version__
 
 __all__ = ["OnpError", "__version__"]

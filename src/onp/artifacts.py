@@ -6,6 +6,7 @@ user names it again (``arch=`` here, ``--arch`` on the command line), never beca
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from torch import nn
 
 from onp.attacks import Attack, create_attack
 from onp.errors import OnpError
+from onp.graph.slim import replay_history
 from onp.models import create_model
 from onp.models.user import is_user_spec
 from onp.utils.io import atomic_dir, load_tensors, read_json, save_tensors, write_json
@@ -49,14 +51,17 @@ class ArchSpec:
             raise OnpError(f"model metadata has a malformed architecture entry: {e}") from None
 
 
-def save_model(out: str | Path, model: nn.Module, meta: dict[str, Any], trigger: dict[str, torch.Tensor] | None = None
-               ) -> Path:
-    """Write weights, metadata and trigger into the directory ``out`` atomically (all or nothing)."""
+def save_model(out: str | Path, model: nn.Module, meta: dict[str, Any], trigger: dict[str, torch.Tensor] | None = None,
+               extra: Callable[[Path], None] | None = None) -> Path:
+    """Write weights, metadata and trigger into the directory ``out`` atomically (all or nothing); ``extra``
+    writes more files (a report, plots) into the folder before it is committed."""
     with atomic_dir(out) as tmp:
         save_tensors(tmp / WEIGHTS, model.state_dict())
         if trigger:
             save_tensors(tmp / TRIGGER, trigger)
         write_json(tmp / META, meta)
+        if extra is not None:
+            extra(tmp)
     return Path(out)
 
 
@@ -109,8 +114,6 @@ def load_model(path: str | Path, arch: str | None = None) -> tuple[nn.Module, di
     model = spec.build()
     history = (meta.get("slim") or {}).get("pruning_history")
     if history:  # a physically slimmed model: replay its channel removals on the fresh architecture
-        from onp.graph.slim import replay_history
-
         shape = (meta.get("data") or {}).get("image_shape")
         if not shape:
             raise OnpError(f"{d} is a slimmed model without data.image_shape in its metadata")

@@ -1,21 +1,26 @@
-"""The ``onp`` command line. The only place that sets logging handlers and draws progress bars."""
+"""The ``onp`` command line. The only place that sets logging handlers and draws progress bars.
+
+Each command imports what it runs inside its function, so that ``onp --help`` and a mistyped flag answer without
+loading torch (a few seconds here).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from onp import __version__
 from onp.errors import OnpError
+from onp.version import __version__
 
 log = logging.getLogger("onp")
 
 
-def _progress():  # noqa: ANN202 - imported lazily so `onp --help` stays fast
+def _progress():  # noqa: ANN202
     from onp.utils.progress import tqdm_progress
 
     return tqdm_progress
@@ -49,9 +54,8 @@ def _cell(v: Any, key: str = "") -> str:
 def cmd_list(args: argparse.Namespace) -> int:
     from onp.attacks import list_attacks
     from onp.data import list_datasets
-    from onp.models import list_models
-
     from onp.defenses import list_defenses
+    from onp.models import list_models
 
     groups = {"datasets": list_datasets, "models": list_models, "attacks": list_attacks, "defenses": list_defenses}
     for name, fn in groups.items():
@@ -100,8 +104,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
                      trigger_from=args.trigger_from)
         rows.append({"model": str(path), **m})
     if args.json:
-        import json
-
         print(json.dumps(rows, indent=2))
     else:
         print_table(rows, [("model", "model"), ("clean_acc", "ACC %"), ("asr", "ASR %"), ("ra", "RA %")])
@@ -114,12 +116,17 @@ def _defense_params(args: argparse.Namespace) -> dict[str, Any]:
     return parse_set(args.set or [])
 
 
-def _before_after(report: dict[str, Any]) -> None:
-    m = report.get("metrics")
+def _before_after(outcome: Any) -> None:
+    m = outcome.metrics
     if not m:
         return
-    rows = [{"model": "before", **m["before"]}, {"model": f"after {report['method']}", **m["after"]}]
+    rows = [{"model": "before", **m["before"]}, {"model": f"after {outcome.defense.name}", **m["after"]}]
     print_table(rows, [("model", "model"), ("clean_acc", "ACC %"), ("asr", "ASR %"), ("ra", "RA %")])
+
+
+def _pruned(outcome: Any) -> str:
+    p = outcome.pruning
+    return "-" if p is None else f"{p.num_pruned} of {len(p.neurons)}"
 
 
 def cmd_defend(args: argparse.Namespace) -> int:
@@ -127,12 +134,12 @@ def cmd_defend(args: argparse.Namespace) -> int:
     from onp.utils.runtime import set_threads
 
     set_threads(args.threads)
-    report = run_defend(args.model, args.method, _defense_params(args), args.out, data_root=args.data_root,
-                        defense_size=args.defense_size, defense_fraction=args.defense_fraction, seed=args.seed,
-                        device=args.device, arch=args.arch, evaluate_after=not args.no_eval, slim=args.slim,
-                        progress=_progress())
-    print(f"saved {args.out} ({report.get('num_pruned', '-')} neurons pruned, {report['wall_time']:.0f} s)")
-    _before_after(report)
+    outcome = run_defend(args.model, args.method, _defense_params(args), args.out, data_root=args.data_root,
+                         defense_size=args.defense_size, defense_fraction=args.defense_fraction, seed=args.seed,
+                         device=args.device, arch=args.arch, evaluate_after=not args.no_eval, slim=args.slim,
+                         progress=_progress())
+    print(f"saved {args.out} ({_pruned(outcome)} neurons pruned, {outcome.wall_time:.0f} s)")
+    _before_after(outcome)
     return 0
 
 
@@ -150,13 +157,12 @@ def cmd_repair(args: argparse.Namespace) -> int:
     from onp.utils.runtime import set_threads
 
     set_threads(args.threads)
-    report = run_repair(args.arch, args.weights, args.clean, args.out, args.method, _defense_params(args),
-                        input_size=args.input_size, resize=args.resize, mean=_floats(args.mean),
-                        std=_floats(args.std), seed=args.seed, device=args.device, slim=args.slim,
-                        progress=_progress())
-    print(f"saved {args.out}: {report.get('num_pruned', '-')} of {report.get('num_neurons', '-')} neurons pruned "
-          f"in {report['wall_time']:.0f} s; clean accuracy on held-out clean images "
-          f"{100 * report['clean_acc_defense_val']:.2f}%")
+    outcome = run_repair(args.arch, args.weights, args.clean, args.out, args.method, _defense_params(args),
+                         input_size=args.input_size, resize=args.resize, mean=_floats(args.mean),
+                         std=_floats(args.std), seed=args.seed, device=args.device, slim=args.slim,
+                         progress=_progress())
+    print(f"saved {args.out}: {_pruned(outcome)} neurons pruned in {outcome.wall_time:.0f} s; clean accuracy on "
+          f"held-out clean images {100 * outcome.clean_acc_defense_val:.2f}%")
     return 0
 
 

@@ -32,8 +32,10 @@ def run_demo(out: str | Path, progress: ProgressFactory = null_progress) -> list
     meta = run_attack(cfg, progress)
     rows = [{"model": "backdoored", **meta["metrics"], "seconds": round(time.perf_counter() - t0, 1)}]
     t0 = time.perf_counter()
-    report = run_defend(out / "backdoored", "onp", {}, out / "onp", defense_size=DEMO_DEFENSE_SIZE, seed=0,
-                        progress=progress)
-    rows.append({"model": f"ONP ({report['num_pruned']} of {report['num_neurons']} neurons pruned)",
-                 **report["metrics"]["after"], "seconds": round(time.perf_counter() - t0, 1)})
+    outcome = run_defend(out / "backdoored", "onp", {}, out / "onp", defense_size=DEMO_DEFENSE_SIZE, seed=0,
+                         progress=progress)
+    pruning = outcome.pruning
+    assert pruning is not None and outcome.metrics is not None  # ONP prunes; run_defend measures after
+    rows.append({"model": f"ONP ({pruning.num_pruned} of {len(pruning.neurons)} neurons pruned)",
+                 **outcome.metrics["after"], "seconds": round(time.perf_counter() - t0, 1)})
     return rows

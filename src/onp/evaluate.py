@@ -1,4 +1,4 @@
-"""ACC, ASR and RA of a model, measured on a test set (only ever after a defense has finished)."""
+"""Predictions and clean accuracy; ACC, ASR and RA on a test set (only ever after a defense has finished)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,12 @@ def predict(model: nn.Module, x: Tensor, device: torch.device, batch_size: int =
     model.eval()
     out = [model(x[s:s + batch_size].to(device)).argmax(1).cpu() for s in range(0, len(x), batch_size)]
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: Tensor, y: Tensor, device: torch.device, batch_size: int = 500) -> float:
+    """Fraction of ``x`` classified as ``y``."""
+    return (predict(model, x, device, batch_size) == y).sum().item() / max(len(x), 1)
 
 
 @torch.no_grad()

@@ -5,120 +5,111 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from onp.artifacts import WEIGHTS, ArchSpec, load_attack, load_model, load_weights, save_model
-from onp.data import ImageDataset, create_dataset, defense_split
-from onp.defenses import DefenseContext, DefenseData, create_defense
+from onp.artifacts import (
+    TRIGGER,
+    ArchSpec,
+    load_attack,
+    load_model,
+    load_weights,
+    save_model,
+)
+from onp.data import ImageDataset, create_dataset
+from onp.defenses import create_defense
 from onp.errors import OnpError
-from onp.evaluate import evaluate
+from onp.graph import find_neurons
+from onp.graph.slim import num_parameters, slim_model
 from onp.models.user import is_user_spec
-from onp.utils.io import atomic_dir, load_tensors, read_json, save_tensors, write_json
+from onp.pipeline import DefenseOutcome, defend
+from onp.plots import plot_reward_curve
+from onp.utils.io import load_tensors, read_json, write_json
 from onp.utils.progress import ProgressFactory, null_progress
-from onp.utils.runtime import provenance, resolve_device, seed_everything
+from onp.utils.runtime import provenance, resolve_device
 
 log = logging.getLogger(__name__)
 REPORT = "report.json"
 
 
-def _write_outputs(out: Path, model: nn.Module, meta: dict[str, Any], report: dict[str, Any],
-                   trigger: dict[str, torch.Tensor] | None = None) -> None:
-    """Weights, metadata, the full report, (for ONP) the reward curve as CSV and PNG, and the attack's trigger
-    when there is one (so ``onp eval`` measures the repaired model too), all or nothing."""
-    with atomic_dir(out) as tmp:
-        save_tensors(tmp / WEIGHTS, model.state_dict())
-        if trigger:
-            save_tensors(tmp / "trigger.safetensors", trigger)
-        write_json(tmp / "model.json", meta)
-        write_json(tmp / REPORT, report)
-        curve = report.get("reward_curve") or []
+def _extra_outputs(outcome: DefenseOutcome, report: dict[str, Any]) -> Callable[[Path], None]:
+    """The files written beside the model: the full report and, for ONP, its search curve as CSV and PNG."""
+
+    def write(folder: Path) -> None:
+        write_json(folder / REPORT, report)
+        curve = outcome.result.details.get("reward_curve") or []
         if curve:
             buf = io.StringIO()
             w = csv.DictWriter(buf, fieldnames=list(curve[0]))
             w.writeheader()
             w.writerows(curve)
-            (tmp / "reward_curve.csv").write_text(buf.getvalue())
-            from onp.bench.plots import plot_reward_curve
+            (folder / "reward_curve.csv").write_text(buf.getvalue())
+            plot_reward_curve(curve, folder / "reward_curve.png", title=outcome.defense.name)
 
-            plot_reward_curve(curve, tmp / "reward_curve.png", title=report.get("method", ""))
+    return write
 
 
-def slim_result(model: nn.Module, report: dict[str, Any], example: torch.Tensor) -> tuple[nn.Module, dict[str, Any]]:
-    """Physically remove what a pruning defense pruned; return the slim model and its metadata entry."""
-    from onp.graph import find_neurons
-    from onp.graph.slim import num_parameters, slim_model
-
-    if "pruned" not in report:
-        raise OnpError(f"--slim needs a pruning defense; {report.get('method')!r} does not prune")
-    neurons = find_neurons(model, example)
-    index = {(c.name, ch): neurons.offsets[k] + ch for k, c in enumerate(neurons.carriers) for ch in range(c.size)}
-    selected = torch.zeros(len(neurons), dtype=torch.bool)
-    for p in report["pruned"]:
-        selected[index[(p["layer"], p["index"])]] = True
-    slim, history = slim_model(model, neurons, selected, example)
+def slim_outcome(outcome: DefenseOutcome, example: torch.Tensor) -> dict[str, Any]:
+    """Physically remove what a pruning defense pruned from ``outcome``'s model (replaced in place); return the
+    metadata entry that rebuilds it (Torch-Pruning's history)."""
+    if outcome.pruning is None:
+        raise OnpError(f"--slim needs a pruning defense; {outcome.defense.name!r} does not prune")
+    model = outcome.result.model
+    neurons = find_neurons(model, example)  # the repaired copy's own neurons, in the same order
+    slim, history = slim_model(model, neurons, outcome.pruning.selected, example)
+    outcome.result.model = slim
     entry = {"pruning_history": history, "parameters_before": num_parameters(model),
              "parameters_after": num_parameters(slim)}
     log.info("slimmed: %d -> %d parameters", entry["parameters_before"], entry["parameters_after"])
-    return slim, entry
+    return entry
+
+
+def _save(outcome: DefenseOutcome, out: str | Path, meta: dict[str, Any], slim: bool, device: torch.device,
+          trigger: dict[str, torch.Tensor] | None = None) -> None:
+    """Write the repaired model (slimmed first if asked), its metadata, the report and the search curve."""
+    if slim:
+        meta["slim"] = slim_outcome(outcome, outcome.data.x_fit[:1].to(device))
+    report = outcome.to_json()
+    if slim:
+        report["slim"] = {k: v for k, v in meta["slim"].items() if k != "pruning_history"}
+    save_model(out, outcome.model, meta, trigger, extra=_extra_outputs(outcome, report))
+
+
+def _defense_meta(outcome: DefenseOutcome) -> dict[str, Any]:
+    p = outcome.pruning
+    return {"method": outcome.defense.name, "params": outcome.defense.params(),
+            "num_pruned": p.num_pruned if p is not None else None, "wall_time": outcome.wall_time,
+            "seed": outcome.seed}
 
 
 def run_defend(model_path: str | Path, method: str, params: dict[str, Any], out: str | Path,
                data_root: str | None = None, defense_size: int | None = 500, defense_fraction: float | None = None,
                seed: int = 0, device: str = "auto", arch: str | None = None, evaluate_after: bool = True,
-               slim: bool = False, progress: ProgressFactory = null_progress) -> dict[str, Any]:
+               slim: bool = False, progress: ProgressFactory = null_progress) -> DefenseOutcome:
     """Defend a model made by ``onp attack``: draw the class-balanced clean split from its training set, run the
-    defense, save the repaired model, then (only after the defense has finished) evaluate on the test set."""
+    defense, then (only after the defense has finished) evaluate on the test set, and save the repaired model."""
     dev = resolve_device(device)
     model, meta = load_model(model_path, arch)
     data_meta = meta.get("data") or {}
     root = data_root or (meta.get("config") or {}).get("data", {}).get("root")
-    train = create_dataset(data_meta.get("name", "cifar10"), root, "train")
-    if defense_fraction is not None:
-        defense_size = None
-    idx = defense_split(train.labels, train.num_classes, size=defense_size, fraction=defense_fraction, seed=seed)
+    name = data_meta.get("name", "cifar10")
+    train = create_dataset(name, root, "train")
     defense = create_defense(method, **params)
-    result, data = _run(defense, model, train.subset(idx), seed, dev, progress)
-    report = {**result.report, "defense_data": {"size": len(idx), "seed": seed, "source": "train split",
-                                                "indices_sha": _sha(idx)}}
-    new_meta = {**meta, "defense": {"method": method, "params": defense.params(), "num_pruned":
-                                     report.get("num_pruned"), "wall_time": report["wall_time"], "seed": seed},
-                "source_model": str(model_path), **provenance()}
+    test = create_dataset(name, root, "test") if evaluate_after else None
+    outcome = defend(model, defense, train, size=None if defense_fraction is not None else defense_size,
+                     fraction=defense_fraction, seed=seed, device=dev, progress=progress, test=test,
+                     attack=load_attack(model_path, meta) if evaluate_after else None, before=meta.get("metrics"))
+    new_meta = {**meta, "defense": _defense_meta(outcome), "source_model": str(model_path), **provenance()}
     new_meta.pop("metrics", None)
-    if slim:
-        result.model, new_meta["slim"] = slim_result(result.model, result.report, data.x_fit[:1].to(dev))
-        report["slim"] = {k: v for k, v in new_meta["slim"].items() if k != "pruning_history"}
-    if evaluate_after:
-        test = create_dataset(data_meta.get("name", "cifar10"), root, "test")
-        attack = load_attack(model_path, meta)
-        before = meta.get("metrics") or evaluate(model, test, attack, dev, progress=progress)
-        after = evaluate(result.model, test, attack, dev, progress=progress)
-        new_meta["metrics"] = after
-        report["metrics"] = {"before": before, "after": after}
-    trig = Path(model_path) / "trigger.safetensors"
-    _write_outputs(Path(out), result.model, new_meta, report, load_tensors(trig) if trig.is_file() else None)
-    return report
-
-
-def _run(defense: Any, model: nn.Module, clean: ImageDataset, seed: int, dev: torch.device,
-         progress: ProgressFactory) -> tuple[Any, DefenseData]:
-    seed_everything(seed)
-    data = DefenseData.from_dataset(clean, seed=seed)
-    ctx = DefenseContext(dev, seed, progress)
-    t0 = time.perf_counter()
-    result = defense.repair(model, data, ctx)
-    result.report.setdefault("wall_time", time.perf_counter() - t0)
-    return result, data
-
-
-def _sha(idx: torch.Tensor) -> str:
-    import hashlib
-
-    return hashlib.sha256(idx.numpy().tobytes()).hexdigest()[:16]
+    if outcome.metrics is not None:
+        new_meta["metrics"] = outcome.metrics["after"]
+    trig = Path(model_path) / TRIGGER
+    _save(outcome, out, new_meta, slim, dev, load_tensors(trig) if trig.is_file() else None)
+    return outcome
 
 
 def build_user_model(arch: str, weights: str | Path, num_classes: int, in_channels: int,
@@ -159,7 +150,7 @@ def check_classifier(model: nn.Module, clean: ImageDataset, input_size: int | No
 def run_repair(arch: str, weights: str | Path, clean_dir: str | Path, out: str | Path, method: str = "onp",
                params: dict[str, Any] | None = None, input_size: int | None = None, resize: bool = False,
                mean: list[float] | None = None, std: list[float] | None = None, seed: int = 0, device: str = "auto",
-               slim: bool = False, progress: ProgressFactory = null_progress) -> dict[str, Any]:
+               slim: bool = False, progress: ProgressFactory = null_progress) -> DefenseOutcome:
     """Repair a user's model with a folder of clean images (class subfolders); write weights and a report."""
     dev = resolve_device(device)
     meta_path = Path(weights).with_name("model.json")
@@ -169,16 +160,10 @@ def run_repair(arch: str, weights: str | Path, clean_dir: str | Path, out: str |
     clean = create_dataset("imagefolder", clean_dir, "train", image_size=input_size if resize else None)
     model, spec = build_user_model(arch, weights, clean.num_classes, clean.image_shape[0], mean, std)
     check_classifier(model, clean, input_size)
-    defense = create_defense(method, **(params or {}))
-    result, data = _run(defense, model, clean, seed, dev, progress)
+    outcome = defend(model, create_defense(method, **(params or {})), clean, seed=seed, device=dev,
+                     progress=progress, source=f"folder {clean_dir}")
     meta = {"arch": spec.to_dict(), "data": {"name": "imagefolder", "image_shape": list(clean.image_shape),
                                              "classes": clean.classes},
-            "defense": {"method": method, "params": defense.params(), "num_pruned": result.report.get("num_pruned"),
-                        "wall_time": result.report["wall_time"], "seed": seed},
-            "source_weights": str(weights), **provenance()}
-    report = {**result.report, "defense_data": {"size": len(clean), "folder": str(clean_dir)}}
-    if slim:
-        result.model, meta["slim"] = slim_result(result.model, result.report, data.x_fit[:1].to(dev))
-        report["slim"] = {k: v for k, v in meta["slim"].items() if k != "pruning_history"}
-    _write_outputs(Path(out), result.model, meta, report)
-    return report
+            "defense": _defense_meta(outcome), "source_weights": str(weights), **provenance()}
+    _save(outcome, out, meta, slim, dev)
+    return outcome

@@ -17,7 +17,7 @@ from onp.config import AttackRun, to_dict
 from onp.data import ImageDataset, create_dataset
 from onp.errors import OnpError
 from onp.evaluate import evaluate
-from onp.models import is_user_spec
+from onp.models.user import is_user_spec
 from onp.training import TrainConfig, train_model
 from onp.utils.io import stable_hash
 from onp.utils.progress import ProgressFactory, null_progress

@@ -1,10 +1,11 @@
 """Every registered defense, on a tiny small CNN trained briefly on digits: same architecture back, the input
-model untouched, pruning only where the report says, reproducible for a seed; and the argument errors."""
+model untouched, pruning only where the result says, reproducible for a seed; and the argument errors."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from typing import Any
 
 import pytest
@@ -12,7 +13,14 @@ import torch
 from torch import Tensor, nn
 
 from onp.data import ImageDataset, create_dataset
-from onp.defenses import DEFENSES, DefenseContext, DefenseData, DefenseResult, create_defense, list_defenses
+from onp.defenses import (
+    DEFENSES,
+    DefenseContext,
+    DefenseData,
+    DefenseResult,
+    create_defense,
+    list_defenses,
+)
 from onp.defenses.pruning import ScorePruneDefense
 from onp.errors import OnpError
 from onp.models import create_model
@@ -120,20 +128,33 @@ def test_input_model_is_unchanged(name: str, first_run) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("name", list_defenses())
-def test_report(name: str, first_run, data: DefenseData) -> None:  # noqa: ANN001
+def test_result_is_typed(name: str, first_run) -> None:  # noqa: ANN001
+    """A pruning defense says what it pruned as tensors aligned with the input's neurons; every defense's own
+    details are JSON."""
     result, _, _ = first_run
-    r = result.report
-    assert r["method"] == name
-    assert r["params"] == create_defense(name, **FAST.get(name, {})).params()
-    assert r["wall_time"] > 0
-    correct = (result.model.eval()(data.x_val).argmax(1) == data.y_val).float().mean().item()
-    assert r["clean_acc_defense_val"] == pytest.approx(correct)
+    json.dumps(result.details)
+    p = result.pruning
+    if not DEFENSES.get(name).prunes:
+        assert p is None
+        return
+    assert p is not None and p.selected.dtype == torch.bool and p.selected.shape == (len(p.neurons),)
+    assert p.ranking.dtype == torch.long and len(set(p.ranking.tolist())) == len(p.ranking)
+    assert p.curve[0]["k"] == 0 and p.chosen in p.curve
+    granularity = create_defense(name, **FAST.get(name, {})).params().get("granularity", "neuron")
+    if granularity == "neuron":  # the pruned neurons are the chosen prefix of the ranking
+        assert set(torch.nonzero(p.selected).flatten().tolist()) == set(p.ranking[:int(p.chosen["k"])].tolist())
 
 
 # --- pruning defenses -----------------------------------------------------------------------------------------
-def pruned_channels(report: dict[str, Any]) -> dict[str, set[int]]:
+def pruned_list(result: DefenseResult) -> list[dict[str, Any]]:
+    p = result.pruning
+    assert p is not None
+    return [p.neurons.describe(int(i)) for i in torch.nonzero(p.selected).flatten()]
+
+
+def pruned_channels(result: DefenseResult) -> dict[str, set[int]]:
     out: dict[str, set[int]] = {}
-    for p in report["pruned"]:
+    for p in pruned_list(result):
         out.setdefault(p["layer"], set()).add(int(p["index"]))
     return out
 
@@ -141,14 +162,14 @@ def pruned_channels(report: dict[str, Any]) -> dict[str, set[int]]:
 @pytest.mark.parametrize("name", PRUNING)
 def test_pruning_touches_only_the_reported_neurons(name: str, first_run) -> None:  # noqa: ANN001
     result, before, _ = first_run
-    report = result.report
-    assert report["num_pruned"] == len(report["pruned"]) == len({(p["layer"], p["index"]) for p in report["pruned"]})
+    pruned = pruned_list(result)
+    assert result.pruning.num_pruned == len(pruned) == len({(p["layer"], p["index"]) for p in pruned})
     if isinstance(DEFENSES.get(name), type) and issubclass(DEFENSES.get(name), ScorePruneDefense):
-        assert report["num_pruned"] > 0, "with the whole accuracy budget, a pruning defense prunes something"
-    layers = pruned_channels(report)
+        assert result.pruning.num_pruned > 0, "with the whole accuracy budget, a pruning defense prunes something"
+    layers = pruned_channels(result)
     after = result.model.state_dict()
     # ANP and RNP prune as their papers' code does: the weight part is zeroed and the bias kept
-    zeroed = ("weight",) if (report.get("params") or {}).get("keep_bias") else ("weight", "bias")
+    zeroed = ("weight",) if getattr(DEFENSES.get(name), "keep_bias", False) else ("weight", "bias")
     for layer, idx in layers.items():
         rows = torch.tensor(sorted(idx))
         for part in zeroed:
@@ -171,8 +192,8 @@ def test_pruning_touches_only_the_reported_neurons(name: str, first_run) -> None
 def test_deterministic_for_a_seed(name: str, first_run, trained: nn.Module, data: DefenseData) -> None:  # noqa: ANN001
     result, _, _ = first_run
     again = run(name, copy.deepcopy(trained), data)
-    if "pruned" in result.report:
-        assert again.report["pruned"] == result.report["pruned"]
+    if result.pruning is not None:
+        assert torch.equal(again.pruning.selected, result.pruning.selected)
     a, b = result.model.state_dict(), again.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a), f"{name}: two runs with seed 0 gave different weights"
 
@@ -181,16 +202,16 @@ def test_onp_ablations_reuse_onp_evidence_and_rank_as_without_it(trained: nn.Mod
                                                                     tmp_path) -> None:  # noqa: ANN001
     ctx = DefenseContext(seed=0, cache_dir=str(tmp_path))
     first = create_defense("onp", **ONP_FAST).repair(copy.deepcopy(trained), data, ctx)
-    assert first.report["evidence_cached_seconds"] == 0.0
+    assert first.details["evidence_cached_seconds"] == 0.0
     assert len(list(tmp_path.glob("onp-evidence-*.json"))) == 1
     for name in ("onp_norl", "onp"):
         params = FAST[name]
         cached = create_defense(name, **params).repair(copy.deepcopy(trained), data, ctx)
         fresh = create_defense(name, **params).repair(copy.deepcopy(trained), data, DefenseContext(seed=0))
-        assert cached.report["evidence_cached_seconds"] > 0
-        assert cached.report["ranking"] == fresh.report["ranking"]
-        assert cached.report["pruned"] == fresh.report["pruned"]
-        assert cached.report["probe"] == fresh.report["probe"]
+        assert cached.details["evidence_cached_seconds"] > 0
+        assert torch.equal(cached.pruning.ranking, fresh.pruning.ranking)
+        assert torch.equal(cached.pruning.selected, fresh.pruning.selected)
+        assert cached.details["probe"] == fresh.details["probe"]
     # another seed draws other probes: it does not reuse this entry
     create_defense("onp_norl", **FAST["onp_norl"]).repair(copy.deepcopy(trained), data,
                                                          DefenseContext(seed=1, cache_dir=str(tmp_path)))
@@ -204,7 +225,7 @@ def test_clp_with_its_paper_threshold_does_not_read_the_clean_images(trained: nn
                                 x_val=torch.rand(data.x_val.shape, generator=g), y_val=data.y_val.flip(0))
     a = create_defense("clp", threshold=1.0).repair(copy.deepcopy(trained), data, DefenseContext(seed=0))
     b = create_defense("clp", threshold=1.0).repair(copy.deepcopy(trained), noise, DefenseContext(seed=0))
-    assert a.report["pruned"] and a.report["pruned"] == b.report["pruned"]
+    assert a.pruning.num_pruned and torch.equal(a.pruning.selected, b.pruning.selected)
 
 
 # --- bad input ------------------------------------------------------------------------------------------------

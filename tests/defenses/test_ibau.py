@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from onp.defenses import DefenseContext, DefenseData, create_defense
-from onp.defenses.ibau import implicit_hypergradient, universal_perturbation
+from onp.defenses.ibau import implicit_hypergradient, inner_perturbation
 from onp.models import create_model
 
 
@@ -56,10 +56,10 @@ def setup() -> tuple[torch.nn.Module, DefenseData]:
     return model, DefenseData(x[:45], y[:45], x[45:], y[45:], 3)
 
 
-def test_universal_perturbation_is_bounded_and_raises_the_loss(setup) -> None:  # noqa: ANN001
+def test_inner_perturbation_is_bounded_and_raises_the_loss(setup) -> None:  # noqa: ANN001
     model, data = setup
     ctx = DefenseContext(seed=0)
-    delta = universal_perturbation(model, data.x_fit, ctx, torch.Generator().manual_seed(0), batch_size=15,
+    delta = inner_perturbation(model, data.x_fit, ctx, torch.Generator().manual_seed(0), batch_size=15,
                                    norm_bound=1.5)
     assert delta.shape == (1, 1, 8, 8) and not delta.requires_grad
     assert delta.norm().item() <= 1.5 + 1e-5
@@ -74,8 +74,9 @@ def test_universal_perturbation_is_bounded_and_raises_the_loss(setup) -> None:  
 def test_rounds_and_report(setup) -> None:  # noqa: ANN001
     model, data = setup
     result = create_defense("ibau", rounds=2, batch_size=15, norm_bound=2.0).repair(model, data, DefenseContext())
-    hist = result.report["history"]
+    hist = result.details["history"]
     assert [h["round"] for h in hist] == [1, 2]
     assert all(0 < h["perturbation_norm"] <= 2.0 + 1e-5 and 0 <= h["flip_rate"] <= 1 for h in hist)
-    assert hist[-1]["clean_acc_val"] == pytest.approx(result.report["clean_acc_defense_val"])
+    correct = (result.model(data.x_val).argmax(1) == data.y_val).float().mean().item()
+    assert hist[-1]["clean_acc_val"] == pytest.approx(correct)
     assert not result.model.training

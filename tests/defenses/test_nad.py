@@ -125,7 +125,7 @@ def test_zero_betas_is_plain_fine_tuning(setup: tuple[nn.Module, DefenseData]) -
     a, b, c = plain.state_dict(), off.model.state_dict(), on.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
-    assert on.report["layers"] == [{"layer": "net.features.6", "call": 0}, {"layer": "net.features.10", "call": 0}]
+    assert on.details["layers"] == [{"layer": "net.features.6", "call": 0}, {"layer": "net.features.10", "call": 0}]
 
 
 def test_empty_betas() -> None:

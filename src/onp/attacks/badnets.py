@@ -6,8 +6,8 @@ from typing import Any
 
 from torch import Tensor
 
-from onp.attacks import register_attack
 from onp.attacks.base import Attack
+from onp.attacks.registry import register_attack
 
 
 @register_attack

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from onp.attacks import register_attack
 from onp.attacks.base import Attack
+from onp.attacks.registry import register_attack
 from onp.errors import OnpError
 
 
@@ -55,9 +57,6 @@ class Blended(Attack):
 
 
 def _load_pattern(path: str, c: int, h: int, w: int) -> Tensor:
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
     try:
         img = Image.open(path).convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
     except (OSError, UnidentifiedImageError) as e:

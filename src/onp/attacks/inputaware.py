@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from onp.attacks import register_attack
 from onp.attacks.base import Attack
+from onp.attacks.registry import register_attack
 from onp.data.base import ImageDataset
 from onp.errors import OnpError
 from onp.utils.progress import ProgressFactory, null_progress

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from onp.attacks import register_attack
 from onp.attacks.base import Attack
+from onp.attacks.registry import register_attack
 
 
 @register_attack

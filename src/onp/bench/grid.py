@@ -11,7 +11,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from onp.config import AttackConfig, AttackRun, DataConfig, ModelConfig, from_dict, to_dict
+from onp.attacks import ATTACKS
+from onp.config import (
+    AttackConfig,
+    AttackRun,
+    DataConfig,
+    ModelConfig,
+    load_config,
+    to_dict,
+)
+from onp.defenses import create_defense
 from onp.errors import OnpError
 from onp.training import TrainConfig
 from onp.utils.io import stable_hash
@@ -84,8 +93,6 @@ def key(obj: Any) -> str:
 def attack_key(run: AttackRun) -> str:
     """What determines a backdoored model: dataset, architecture, attack, training, seed, and for attacks that
     craft their trigger on a clean model, that reference (not output paths, devices or threads)."""
-    from onp.attacks import ATTACKS
-
     needs_ref = ATTACKS.get(run.attack.name).needs_reference
     return key({"data": run.data.name, "model": to_dict(run.model), "attack": to_dict(run.attack),
                 "train": to_dict(run.train), "seed": run.seed,
@@ -116,21 +123,16 @@ class DefenseCell:
 
 
 def load_bench(path: str | Path, overrides: dict[str, Any] | None = None) -> BenchConfig:
-    from onp.config import load_config
-
     cfg = load_config(BenchConfig, path, overrides)
     if not cfg.defenses:
         raise OnpError(f"{path}: the benchmark lists no defenses")
-    from onp.attacks import list_attacks
-    from onp.defenses import create_defense
-
     for d in cfg.defenses:
+        if "oracle_target" in d.params:
+            raise OnpError(f"{path}: {d.title} sets oracle_target, a diagnostic that tells the defense the target; "
+                           f"a benchmark defense may not know it")
         create_defense(d.name, **d.params)  # unknown names and parameters fail before any work
     for a in cfg.attacks:
-        if a.name not in list_attacks():
-            from onp.attacks import ATTACKS
-
-            ATTACKS.get(a.name)
+        ATTACKS.get(a.name)  # an unknown name fails with the list of valid ones
     return cfg
 
 
@@ -150,7 +152,3 @@ def expand(cfg: BenchConfig) -> tuple[list[ModelCell], list[DefenseCell]]:
                         for s in cfg.seeds:
                             cells.append(DefenseCell(mc, d, s, cfg.defense_size))
     return models, cells
-
-
-def bench_from_dict(d: dict[str, Any]) -> BenchConfig:
-    return from_dict(BenchConfig, d)

@@ -11,7 +11,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from onp.bench import plots
+import yaml
+
+from onp import plots
 from onp.bench.runner import read_results
 from onp.errors import OnpError
 
@@ -125,8 +127,6 @@ def load_checks(path: str | Path) -> list[dict[str, Any]]:
     ``claim`` (the sentence to print) and either a measured bar (``defense``, ``attack``, ``metric`` among ACC's,
     ASR's, RA's and DER's keys, and ``below`` or ``above`` as a fraction) or ``evidence`` (where else it is
     shown, e.g. a test)."""
-    import yaml
-
     try:
         data = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as e:

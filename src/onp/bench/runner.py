@@ -25,11 +25,21 @@ from typing import Any
 
 import torch
 
+from onp.artifacts import load_attack, load_model
+from onp.attacks import Attack
 from onp.bench.grid import BenchConfig, DefenseCell, ModelCell, attack_key, expand
 from onp.config import AttackRun, from_dict
+from onp.data import ImageDataset, create_dataset
+from onp.defenses import create_defense
+from onp.defenses.base import Pruning
+from onp.defenses.pruning import pruning_curve
 from onp.errors import OnpError
+from onp.evaluate import predict
+from onp.pipeline import defend
+from onp.runs import run_attack
 from onp.utils.io import atomic_write_text
-from onp.utils.progress import ProgressFactory, null_progress
+from onp.utils.progress import ProgressFactory, null_progress, tqdm_progress
+from onp.utils.runtime import provenance, resolve_device, set_threads
 
 log = logging.getLogger(__name__)
 EXECUTORS = ("local", "ray")
@@ -90,8 +100,6 @@ def ensure_model(cell: ModelCell, zoo: Path, progress: ProgressFactory = null_pr
     found = find_in_zoo(zoo, cell.run)
     if found is not None:
         return found
-    from onp.runs import run_attack
-
     out = zoo / cell.id.replace("/", "_")
     log.info("training %s", cell.id)
     run_attack(AttackRun(**{**cell.run.__dict__, "out": str(out)}), progress=progress)
@@ -101,13 +109,6 @@ def ensure_model(cell: ModelCell, zoo: Path, progress: ProgressFactory = null_pr
 # --- one defense cell -------------------------------------------------------------------------------------------
 def run_defense_cell(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one defense cell from a plain-data ``spec`` and return its row. Runs in a fresh process."""
-    from onp.artifacts import load_attack, load_model
-    from onp.data import create_dataset, defense_split
-    from onp.defenses import DefenseContext, DefenseData, create_defense
-    from onp.evaluate import evaluate
-    from onp.utils.progress import tqdm_progress
-    from onp.utils.runtime import provenance, resolve_device, seed_everything, set_threads
-
     set_threads(spec["threads"])
     progress = tqdm_progress if spec.get("show_progress") else null_progress
     device = resolve_device(spec["device"])
@@ -115,61 +116,46 @@ def run_defense_cell(spec: dict[str, Any]) -> dict[str, Any]:
     train = create_dataset(spec["data"]["name"], spec["data"]["root"], "train")
     test = create_dataset(spec["data"]["name"], spec["data"]["root"], "test")
     attack = load_attack(spec["model_dir"], meta)
-    idx = defense_split(train.labels, train.num_classes, size=spec["defense_size"], seed=spec["seed"])
-    seed_everything(spec["seed"])
-    data = DefenseData.from_dataset(train.subset(idx), seed=spec["seed"])
     defense = create_defense(spec["defense"]["name"], **spec["defense"]["params"])
-    t0 = time.perf_counter()
-    result = defense.repair(model, data, DefenseContext(device, spec["seed"], progress, spec.get("cache_dir")))
-    measured = time.perf_counter() - t0
+    outcome = defend(model, defense, train, size=spec["defense_size"], seed=spec["seed"], device=device,
+                     progress=progress, cache_dir=spec.get("cache_dir"), test=test, attack=attack,
+                     before=meta.get("metrics"))
+    assert outcome.metrics is not None  # a test set was given
+    details, pruning = outcome.result.details, outcome.pruning
     # a cell that loaded evidence another cell computed (ONP's ablations) is charged what computing it took, so
     # that every wall time is the cost of running that defense alone
-    wall = measured + float(result.report.get("evidence_cached_seconds") or 0.0)
-    # the defense has finished: only now the test set and the trigger are used
-    before = meta.get("metrics") or evaluate(model, test, attack, device)
-    after = evaluate(result.model, test, attack, device)
-    report = result.report
+    wall = outcome.wall_time + float(details.get("evidence_cached_seconds") or 0.0)
+    before, after = outcome.metrics["before"], outcome.metrics["after"]
     row = {
         "id": spec["id"], "bench": spec["bench"], "model_id": spec["model_id"], "model_dir": spec["model_dir"],
         "dataset": spec["data"]["name"], "model": spec["model"], "attack": meta.get("attack"),
         "defense": spec["defense"]["label"] or spec["defense"]["name"], "defense_name": spec["defense"]["name"],
         "defense_params": defense.params(), "seed": spec["seed"], "defense_size": spec["defense_size"],
         "before": before, "after": after, "clean_acc": after["clean_acc"], "asr": after.get("asr"),
-        "ra": after.get("ra"), "der": der(before, after), "wall_time": wall, "wall_time_measured": measured,
-        "num_pruned": report.get("num_pruned"), "num_neurons": report.get("num_neurons"),
-        "reward_curve": report.get("reward_curve"), "timings": report.get("timings"),
-        "probe": report.get("probe"), "chosen": report.get("chosen"), "ranking_pick": report.get("ranking_pick"),
+        "ra": after.get("ra"), "der": der(before, after), "wall_time": wall, "wall_time_measured": outcome.wall_time,
+        "num_pruned": pruning.num_pruned if pruning else None,
+        "num_neurons": len(pruning.neurons) if pruning else None,
+        "reward_curve": details.get("reward_curve"), "timings": details.get("timings"),
+        "probe": details.get("probe"), "chosen": pruning.chosen if pruning else None,
+        "ranking_pick": details.get("ranking_pick"),
         # what the defense saw on its clean images at each prefix of its ranking (the stop's evidence)
-        "selection_curve": report.get("selection_curve"),
-        "ranking_head": ranking_head(report),
+        "selection_curve": pruning.curve if pruning else None,
+        "ranking_head": pruning.ranking_head() if pruning else None,
         "versions": provenance(), "host": socket.gethostname(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    if spec.get("curves") and "ranking" in report and attack is not None:
-        row["pruning_curve"] = test_pruning_curve(model, report, data, test, attack, device, spec["curve_images"])
+    if spec.get("curves") and pruning is not None and attack is not None:
+        granularity = defense.params().get("granularity", "neuron")
+        row["pruning_curve"] = test_pruning_curve(model, pruning, granularity, test, attack, device,
+                                                  spec["curve_images"])
     row["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return row
 
 
-def ranking_head(report: dict[str, Any]) -> list[int] | None:
-    """The head of a pruning defense's ranking, up to the largest prefix on its selection curve: what its stop
-    chose from. With it and the curve, a row alone can be re-cut by another stopping rule and the pruned neurons
-    rebuilt (ONP's order comes out of its search and cannot be recomputed cheaply). ``None`` for other defenses."""
-    if "ranking" not in report or not report.get("selection_curve"):
-        return None
-    k = max(int(p["k"]) for p in report["selection_curve"])
-    return [int(i) for i in report["ranking"][:k]]
-
-
-def test_pruning_curve(model: torch.nn.Module, report: dict[str, Any], data: Any, test: Any, attack: Any,
-                       device: torch.device, images: int) -> list[dict[str, float]]:
-    """Test ACC and ASR as the defense's ranking is pruned further (measured after the defense finished)."""
-    from onp.defenses.pruning import pruning_curve
-    from onp.evaluate import predict
-    from onp.graph import find_neurons
-
-    neurons = find_neurons(model, data.x_fit[:1].to(device))
-    ranking = torch.tensor(report["ranking"], dtype=torch.long)
-    ks = sorted({int(p["k"]) for p in report.get("selection_curve", [])})
+def test_pruning_curve(model: torch.nn.Module, pruning: Pruning, granularity: str, test: ImageDataset,
+                       attack: Attack, device: torch.device, images: int) -> list[dict[str, float]]:
+    """Test ACC and ASR as the defense's ranking is pruned further (measured after the defense finished), at up
+    to 12 of the prefix sizes its stop looked at, on ``images`` test images."""
+    ks = sorted({int(p["k"]) for p in pruning.curve})
     if len(ks) > 12:
         ks = [ks[i] for i in torch.linspace(0, len(ks) - 1, 12).round().long().tolist()]
     g = torch.Generator().manual_seed(0)
@@ -178,15 +164,13 @@ def test_pruning_curve(model: torch.nn.Module, report: dict[str, Any], data: Any
     keep = attack.asr_mask(y)
     xt, yt = attack.apply(x[keep]), attack.target_of(y[keep])
 
-    @torch.no_grad()
     def metric(m: torch.nn.Module) -> dict[str, float]:
         def acc(xx: torch.Tensor, yy: torch.Tensor) -> float:
             return (predict(m, xx, device, 500) == yy).float().mean().item()
 
         return {"clean_acc": acc(x, y), "asr": acc(xt, yt)}
 
-    granularity = (report.get("params") or {}).get("granularity", "neuron")
-    return pruning_curve(model, neurons, ranking, ks, metric, granularity)
+    return pruning_curve(model, pruning.neurons, pruning.ranking, ks, metric, granularity)
 
 
 def exit_with_parent(parent: int, every: float = 1.0) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
 from onp.errors import OnpError
@@ -129,8 +130,6 @@ def read_image(path: Path, mode: str = "RGB", size: int | None = None) -> np.nda
     Raises:
         OnpError: naming ``path``, if it cannot be read or decoded (missing, truncated, not an image).
     """
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             im = im.convert(mode)

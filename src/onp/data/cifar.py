@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from onp.data import register_dataset
 from onp.data.base import Augment, ImageDataset
 from onp.data.download import download_and_extract
+from onp.data.registry import register_dataset
 from onp.errors import OnpError
 
 _IMG_BYTES = 3 * 32 * 32

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from onp.data import register_dataset
 from onp.data.base import Augment, ImageDataset
+from onp.data.registry import register_dataset
 
 _TEST_FRACTION = 0.25
 _SPLIT_SEED = 0
@@ -20,6 +20,7 @@ def digits(root: Path | None, split: str, **kw) -> ImageDataset:
 
     ``root`` is ignored: the data ships inside scikit-learn.
     """
+    # scikit-learn takes about a second to import, and only this dataset needs it
     from sklearn.datasets import load_digits
 
     d = load_digits()

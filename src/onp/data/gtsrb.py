@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from onp.data import register_dataset
 from onp.data.base import Augment, ImageDataset, read_image
 from onp.data.download import download_and_extract
+from onp.data.registry import register_dataset
 from onp.errors import OnpError
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from onp.data import register_dataset
 from onp.data.base import Augment, ImageDataset, channel_stats, read_image
+from onp.data.registry import register_dataset
 from onp.errors import OnpError
 
 log = logging.getLogger(__name__)

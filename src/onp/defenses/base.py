@@ -1,4 +1,4 @@
-"""The one ``Defense`` interface, the defender's data, and what a defense returns."""
+"""The one ``Defense`` interface, the defender's data and context, and what a defense returns."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from onp.data.base import ImageDataset
 from onp.data.split import defense_split
 from onp.errors import OnpError
-from onp.evaluate import predict
+from onp.graph.neurons import Neurons
 from onp.utils.progress import ProgressFactory, null_progress
 
 
@@ -76,15 +76,43 @@ class DefenseContext:
 
 
 @dataclass
-class DefenseResult:
-    """A repaired model (same architecture as the input) and a JSON-able report.
+class Pruning:
+    """What a pruning defense pruned, as tensors aligned with ``neurons`` (found on the input model).
 
-    The report holds at least ``method`` and ``wall_time``; pruning defenses add ``pruned`` (a list of
-    ``{"layer", "index"}``), ``ranking`` and the clean-set curve they selected from.
+    Args:
+        neurons: the input model's neurons.
+        selected: (N,) bool, the pruned neurons.
+        ranking: the order the stop chose a prefix from (neuron indices, most suspicious first).
+        curve: the clean-set metrics at each prefix size the stop looked at (``k``, ``pruned``, ``clean_acc``, ...).
+        chosen: the point of ``curve`` the stop chose.
     """
 
+    neurons: Neurons
+    selected: Tensor
+    ranking: Tensor
+    curve: list[dict[str, float]]
+    chosen: dict[str, float]
+
+    @property
+    def num_pruned(self) -> int:
+        return int(self.selected.sum())
+
+    def ranking_head(self) -> list[int]:
+        """The ranking up to the largest prefix on the curve: what the stop chose from, so that a stopping rule
+        can be re-cut from a results row alone (ONP's order cannot be recomputed cheaply)."""
+        k = max(int(p["k"]) for p in self.curve)
+        return [int(i) for i in self.ranking[:k]]
+
+
+@dataclass
+class DefenseResult:
+    """What :meth:`Defense.repair` returns: the repaired model (same architecture as the input), what it pruned
+    (pruning defenses), and the method's own JSON-able details (ONP's probes and search curve, i-BAU's history).
+    :class:`onp.pipeline.DefenseOutcome` serialises it."""
+
     model: nn.Module
-    report: dict[str, Any]
+    details: dict[str, Any] = field(default_factory=dict)
+    pruning: Pruning | None = None
 
 
 class Defense(ABC):
@@ -103,28 +131,3 @@ class Defense(ABC):
     def params(self) -> dict[str, Any]:
         """Hyperparameters, for the report."""
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, x: Tensor, y: Tensor, device: torch.device, batch_size: int = 500) -> float:
-    """Fraction of ``x`` classified as ``y``."""
-    return (predict(model, x, device, batch_size) == y).sum().item() / max(len(x), 1)
-
-
-def batches(n: int, batch_size: int, generator: torch.Generator, epochs: int = 1):  # noqa: ANN201
-    """Index batches over ``n`` samples for ``epochs`` shuffled passes."""
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=generator)
-        for s in range(0, n, batch_size):
-            yield order[s:s + batch_size]
-
-
-def batch_steps(n: int, batch_size: int, generator: torch.Generator, count: int):  # noqa: ANN201
-    """Exactly ``count`` index batches over ``n`` samples, reshuffled at every pass (for step-counted loops)."""
-    step = 0
-    while step < count:
-        for idx in batches(n, batch_size, generator):
-            if step >= count:
-                return
-            yield idx
-            step += 1

@@ -3,38 +3,17 @@ Networks", RAID)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
-from onp.defenses import register_defense
 from onp.defenses.base import DefenseContext, DefenseData
 from onp.defenses.finetune import finetune
 from onp.defenses.pruning import ScorePruneDefense
+from onp.defenses.registry import register_defense
 from onp.graph.neurons import NeuronMask, Neurons, find_neurons, fold_mask
-
-
-@torch.no_grad()
-def mean_activations(model: nn.Module, neurons: Neurons, x: Tensor, device: torch.device,
-                     batch_size: int = 250) -> Tensor:
-    """Mean post-ReLU activation of every neuron over the images ``x`` (spatially averaged)."""
-    sums = torch.zeros(len(neurons))
-    handles = []
-    for k, c in enumerate(neurons.carriers):
-        sl = neurons.slice(k)
-
-        def hook(mod: nn.Module, inp: object, out: Tensor, sl: slice = sl) -> None:
-            a = out.detach().relu()
-            sums[sl] += (a.flatten(2).mean(2) if a.dim() > 2 else a).sum(0).cpu()
-
-        handles.append(c.module.register_forward_hook(hook))
-    try:
-        model.eval()
-        for s in range(0, len(x), batch_size):
-            model(x[s:s + batch_size].to(device))
-    finally:
-        for h in handles:
-            h.remove()
-    return sums / max(len(x), 1)
+from onp.scores import mean_activations
 
 
 @register_defense
@@ -50,7 +29,7 @@ class FinePruning(ScorePruneDefense):
 
     name = "fineprune"
 
-    def __init__(self, finetune_epochs: int = 10, finetune_lr: float = 0.01, max_fraction: float = 0.9, **kw) -> None:
+    def __init__(self, finetune_epochs: int = 10, finetune_lr: float = 0.01, max_fraction: float = 0.9, **kw: Any) -> None:
         kw.setdefault("granularity", "group")
         super().__init__(max_fraction=max_fraction, **kw)
         self.finetune_epochs, self.finetune_lr = finetune_epochs, finetune_lr

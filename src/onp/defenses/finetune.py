@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from onp.defenses import register_defense
-from onp.defenses.base import Defense, DefenseContext, DefenseData, DefenseResult, accuracy, batches
+from onp.defenses.base import Defense, DefenseContext, DefenseData, DefenseResult
+from onp.defenses.registry import register_defense
+from onp.utils.batching import batches
 
 ExtraLoss = Callable[[nn.Module, Tensor, Tensor, Tensor], Tensor]
 
@@ -58,8 +58,4 @@ class FineTune(Defense):
         self.epochs, self.lr, self.batch_size = epochs, lr, batch_size
 
     def repair(self, model: nn.Module, data: DefenseData, ctx: DefenseContext) -> DefenseResult:
-        t0 = time.perf_counter()
-        out = finetune(copy.deepcopy(model), data, ctx, self.epochs, self.lr, self.batch_size)
-        return DefenseResult(out, {"method": self.name, "params": self.params(),
-                                   "clean_acc_defense_val": accuracy(out, data.x_val, data.y_val, ctx.device),
-                                   "wall_time": time.perf_counter() - t0})
+        return DefenseResult(finetune(copy.deepcopy(model), data, ctx, self.epochs, self.lr, self.batch_size))

@@ -6,20 +6,21 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from onp.defenses import register_defense
-from onp.defenses.base import Defense, DefenseContext, DefenseData, DefenseResult, accuracy, batches
+from onp.defenses.base import Defense, DefenseContext, DefenseData, DefenseResult
+from onp.defenses.registry import register_defense
+from onp.evaluate import accuracy
+from onp.utils.batching import batches
 
 log = logging.getLogger(__name__)
 
 
-def universal_perturbation(model: nn.Module, x: Tensor, ctx: DefenseContext, g: torch.Generator,
+def inner_perturbation(model: nn.Module, x: Tensor, ctx: DefenseContext, g: torch.Generator,
                            batch_size: int = 100, lr: float = 10.0, reg: float = 1e-3, norm_bound: float = 10.0
                            ) -> Tensor:
     """i-BAU's inner maximization, as in the authors' code: one shared perturbation ``delta`` (1, C, H, W),
@@ -79,7 +80,7 @@ class IBAU(Defense):
     """Unlearn the backdoor by solving ``min_theta max_{||delta|| <= C} 1/n sum_i L(f_theta(x_i + delta), y_i)``
     on the clean set, with the implicit hypergradient for the outer step.
 
-    Each round: a fresh universal perturbation ``delta`` (:func:`universal_perturbation`); then, for every
+    Each round: a fresh universal perturbation ``delta`` (:func:`inner_perturbation`); then, for every
     batch, one Adam step on the model with the implicit hypergradient (:func:`implicit_hypergradient`) of the
     outer loss, the cross-entropy of the batch with ``delta`` pasted on a random ``perturbed_fraction`` of its
     images (at least one), through the fixed-point map of the inner loss
@@ -115,7 +116,6 @@ class IBAU(Defense):
         self.perturbed_fraction = perturbed_fraction
 
     def repair(self, model: nn.Module, data: DefenseData, ctx: DefenseContext) -> DefenseResult:
-        t0 = time.perf_counter()
         net = copy.deepcopy(model).to(ctx.device).eval()
         params = [p for p in net.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=self.lr)
@@ -125,8 +125,8 @@ class IBAU(Defense):
         steps = self.rounds * math.ceil(len(x) / self.batch_size)
         with ctx.progress(total=steps, desc="ibau: unlearn") as bar:
             for r in range(self.rounds):
-                delta = universal_perturbation(net, x, ctx, g, self.batch_size, self.perturbation_lr, self.reg,
-                                               self.norm_bound)
+                delta = inner_perturbation(net, x, ctx, g, self.batch_size, self.perturbation_lr, self.reg,
+                                           self.norm_bound)
                 flip = _flip_rate(net, x, delta, ctx.device)
                 total = 0.0
                 for idx in batches(len(x), self.batch_size, g):
@@ -152,9 +152,7 @@ class IBAU(Defense):
                                 "clean_acc_val": accuracy(net, data.x_val, data.y_val, ctx.device)})
                 log.info("ibau: round %d: %s", r + 1, history[-1])
         opt.zero_grad(set_to_none=True)
-        return DefenseResult(net, {"method": self.name, "params": self.params(), "history": history,
-                                   "clean_acc_defense_val": accuracy(net, data.x_val, data.y_val, ctx.device),
-                                   "wall_time": time.perf_counter() - t0})
+        return DefenseResult(net, {"history": history})
 
 
 @torch.no_grad()

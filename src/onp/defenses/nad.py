@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import time
 from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from onp.defenses import register_defense
-from onp.defenses.base import Defense, DefenseContext, DefenseData, DefenseResult, accuracy
+from onp.defenses.base import Defense, DefenseContext, DefenseData, DefenseResult
 from onp.defenses.finetune import finetune
+from onp.defenses.registry import register_defense
 from onp.errors import OnpError
+from onp.evaluate import accuracy
 
 Point = tuple[str, int]  # (leaf module name, which call of it in one forward pass)
 
@@ -153,7 +153,6 @@ class NAD(Defense):
         self.betas, self.p, self.batch_size = [float(b) for b in betas], p, batch_size
 
     def repair(self, model: nn.Module, data: DefenseData, ctx: DefenseContext) -> DefenseResult:
-        t0 = time.perf_counter()
         model = model.to(ctx.device)
         teacher = finetune(copy.deepcopy(model), data, ctx, self.teacher_epochs, self.teacher_lr, self.batch_size,
                            desc="nad: teacher")
@@ -173,9 +172,6 @@ class NAD(Defense):
             student = finetune(student, data, ctx, self.epochs, self.lr, self.batch_size, extra_loss=distill,
                                desc="nad: distill")
         return DefenseResult(student, {
-            "method": self.name, "params": self.params(),
             "layers": [{"layer": name, "call": k} for name, k in points],
             "clean_acc_teacher_val": accuracy(teacher, data.x_val, data.y_val, ctx.device),
-            "clean_acc_defense_val": accuracy(student, data.x_val, data.y_val, ctx.device),
-            "wall_time": time.perf_counter() - t0,
         })

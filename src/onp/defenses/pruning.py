@@ -12,16 +12,21 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from abc import abstractmethod
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from onp.defenses.base import Defense, DefenseContext, DefenseData, DefenseResult, accuracy
+from onp.defenses.base import (
+    Defense,
+    DefenseContext,
+    DefenseData,
+    DefenseResult,
+    Pruning,
+)
 from onp.errors import OnpError
+from onp.evaluate import accuracy
 from onp.graph.neurons import NeuronMask, Neurons, find_neurons, fold_mask
 
 log = logging.getLogger(__name__)
@@ -101,10 +106,6 @@ def rank(scores: Tensor, seed: int = 0) -> Tensor:
     return perm[torch.argsort(scores[perm], descending=True, stable=True)]
 
 
-def describe(neurons: Neurons, selected: Tensor) -> list[dict[str, Any]]:
-    return [neurons.describe(int(i)) for i in torch.nonzero(selected).flatten()]
-
-
 class ScorePruneDefense(Defense):
     """Rank neurons by a suspicion score, prune a prefix chosen on held-out clean images, fold into weights.
 
@@ -147,7 +148,6 @@ class ScorePruneDefense(Defense):
         return model
 
     def repair(self, model: nn.Module, data: DefenseData, ctx: DefenseContext) -> DefenseResult:
-        t0 = time.perf_counter()
         model = model.to(ctx.device).eval()
         neurons = find_neurons(model, data.x_fit[:1].to(ctx.device))
         scores = self.scores(model, neurons, data, ctx).detach().cpu().float()
@@ -172,12 +172,5 @@ class ScorePruneDefense(Defense):
         repaired = self.after_pruning(repaired, neurons, selected, data, ctx)
         log.info("%s: pruned %d of %d neurons (held-out clean acc %.4f -> %.4f)", self.name, int(selected.sum()),
                  len(neurons), curve[0]["clean_acc"], chosen["clean_acc"])
-        report = {
-            "method": self.name, "params": self.params(), "num_neurons": len(neurons),
-            "num_pruned": int(selected.sum()), "pruned": describe(neurons, selected),
-            "ranking": ranking[:n_eligible].tolist(), "scores": scores.tolist(),
-            "selection_curve": curve, "chosen": chosen,
-            "clean_acc_defense_val": accuracy(repaired, data.x_val, data.y_val, ctx.device),
-            "wall_time": time.perf_counter() - t0,
-        }
-        return DefenseResult(repaired, report)
+        return DefenseResult(repaired, {"scores": scores.tolist()},
+                             Pruning(neurons, selected, ranking[:n_eligible], curve, chosen))

@@ -6,7 +6,7 @@ dependency graph; :class:`NeuronMask` scales or perturbs them through forward ho
 without special layers; :func:`build_graph` turns them into a PyTorch Geometric ``Data`` object.
 """
 
-from onp.graph.neurons import Carrier, NeuronMask, Neurons, find_neurons, fold_mask
 from onp.graph.build import NeuronGraph, build_graph
+from onp.graph.neurons import Carrier, NeuronMask, Neurons, find_neurons, fold_mask
 
 __all__ = ["Carrier", "NeuronGraph", "NeuronMask", "Neurons", "build_graph", "find_neurons", "fold_mask"]

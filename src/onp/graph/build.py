@@ -39,7 +39,8 @@ class NeuronGraph:
 
     def data(self, x: Tensor) -> Any:
         """A PyTorch Geometric ``Data`` with node features ``x`` of shape (N, F)."""
-        from torch_geometric.data import Data  # imported here: it is slow to import and only ONP needs it
+        # PyTorch Geometric takes about two seconds to import, and only ONP's search needs it
+        from torch_geometric.data import Data
 
         if x.shape[0] != len(self.neurons):
             raise ValueError(f"{x.shape[0]} feature rows for {len(self.neurons)} neurons")

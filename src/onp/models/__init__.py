@@ -7,74 +7,9 @@ must take [0, 1] images too; ``create_model(..., mean=..., std=...)`` wraps it i
 user gives statistics.
 """
 
-from __future__ import annotations
-
-from collections.abc import Sequence
-from typing import Any, Protocol
-
-from torch import nn
-
+# importing each architecture module registers it
+from onp.models import mobilenet, resnet, small, vgg  # noqa: F401
 from onp.models.normalize import Classifier, Normalize
-from onp.registry import Registry
+from onp.models.registry import MODELS, create_model, list_models, register_model
 
-
-class ModelFactory(Protocol):
-    def __call__(self, num_classes: int, in_channels: int = 3, **kwargs: Any) -> nn.Module: ...
-
-
-MODELS: Registry[ModelFactory] = Registry("model")
-register_model = MODELS.register
-
-from onp.models import mobilenet, resnet, small, vgg  # noqa: E402,F401  (registration)
-from onp.models.user import is_user_spec, load_user_factory  # noqa: E402
-
-
-def create_model(name: str, num_classes: int, in_channels: int = 3, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None, **kwargs: Any) -> nn.Module:
-    """Build a classifier taking [0,1] images.
-
-    Args:
-        name: a registry name (``resnet18``) or a user spec (``path/to/file.py:factory``, ``pkg.mod:factory``).
-            A user file is imported only here, because the user named it.
-        num_classes: number of output logits.
-        in_channels: image channels.
-        mean, std: normalization statistics; registry models always get a :class:`Normalize` (identity when
-            omitted), user models only when given.
-        **kwargs: passed to the factory (for example ``width=16``).
-    """
-    if is_user_spec(name):
-        backbone = _call_user(load_user_factory(name), num_classes, kwargs)
-        if mean is None:
-            return backbone
-    else:
-        backbone = MODELS.get(name)(num_classes=num_classes, in_channels=in_channels, **kwargs)
-    c = len(mean) if mean is not None else in_channels
-    return Classifier(Normalize(mean or [0.0] * c, std or [1.0] * c), backbone)
-
-
-def _call_user(factory: Any, num_classes: int, kwargs: dict[str, Any]) -> nn.Module:
-    import inspect
-
-    from onp.errors import OnpError
-
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        params = {}
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    if "num_classes" in params or takes_any:
-        kwargs = {"num_classes": num_classes, **kwargs}
-    try:
-        model = factory(**kwargs)
-    except Exception as e:  # noqa: BLE001 - the user's factory failed; say so in one line
-        raise OnpError(f"the architecture factory failed: {type(e).__name__}: {e}") from None
-    if not isinstance(model, nn.Module):
-        raise OnpError(f"the architecture factory returned {type(model).__name__}, not a torch.nn.Module")
-    return model
-
-
-def list_models(pattern: str = "*") -> list[str]:
-    return MODELS.names(pattern)
-
-
-__all__ = ["Classifier", "Normalize", "create_model", "list_models", "register_model"]
+__all__ = ["MODELS", "Classifier", "Normalize", "create_model", "list_models", "register_model"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from onp.models import register_model
+from onp.models.registry import register_model
 
 
 class BasicBlock(nn.Module):

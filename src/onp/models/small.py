@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from onp.models import register_model
+from onp.models.registry import register_model
 
 
 class SmallCNN(nn.Module):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from tqdm.auto import tqdm
+
 
 class Bar(Protocol):
     def update(self, n: int = 1, **postfix: Any) -> None: ...
@@ -41,8 +43,6 @@ class TqdmBar:
     """A tqdm bar behind the :class:`Bar` protocol; postfix values are shown compactly."""
 
     def __init__(self, total: int | None, desc: str, leave: bool = False) -> None:
-        from tqdm.auto import tqdm
-
         self._bar = tqdm(total=total, desc=desc, leave=leave, dynamic_ncols=True)
 
     def update(self, n: int = 1, **postfix: Any) -> None:

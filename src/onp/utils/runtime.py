@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from onp.errors import OnpError
+from onp.version import __version__
 
 
 def resolve_device(name: str | None = "auto") -> torch.device:
@@ -61,8 +62,6 @@ def git_revision() -> str | None:
 
 
 def provenance() -> dict[str, str | None]:
-    from onp import __version__
-
     return {"onp": __version__, "torch": torch.__version__, "git": git_revision()}
 
 

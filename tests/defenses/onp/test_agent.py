@@ -6,9 +6,8 @@ import itertools
 
 import pytest
 import torch
-
-from onp.rl.agent import AgentConfig, search
-from onp.rl.policy import plackett_luce_logp, plackett_luce_sample
+from onp.defenses.onp.agent import AgentConfig, search
+from onp.defenses.onp.policy import plackett_luce_logp, plackett_luce_sample
 
 
 def test_plackett_luce_logp_matches_enumeration() -> None:

@@ -3,7 +3,7 @@
 ``R(S) = clean_acc(S) - lam * probe_rate(S) - rho * |S| / N - kappa * max(0, acc0 - max_drop - clean_acc(S))``
 
 ``clean_acc`` is measured on clean images; ``probe_rate`` is how often the trigger-free probes
-(:mod:`onp.rl.probes`) still send clean images of other classes to the class they found: removing the backdoor
+(:mod:`.probes`) still send clean images of other classes to the class they found: removing the backdoor
 neurons breaks that shortcut. The size term prefers small pruning sets; the last term makes a clean-accuracy
 loss beyond the allowed drop expensive.
 """
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from onp.defenses.onp.probes import ProbeSet
 from onp.graph.neurons import NeuronMask, Neurons
-from onp.rl.probes import ProbeSet
 
 
 @dataclass
@@ -34,7 +34,8 @@ class RewardConfig:
 
 
 class CleanReward:
-    """Evaluates ``R(S)`` for boolean pruning masks on a fixed set of clean images and their probed copies."""
+    """``R(S)`` on a fixed set of clean images and their probed copies: ``reward(selected)`` scores a boolean
+    pruning mask, :meth:`metrics` measures a model as it is, :meth:`value` turns metrics into ``R``."""
 
     def __init__(self, model: nn.Module, neurons: Neurons, x: Tensor, y: Tensor, probes: ProbeSet,
                  device: torch.device, cfg: RewardConfig | None = None, max_images: int | None = None,
@@ -59,28 +60,29 @@ class CleanReward:
         self.target = probes.target
         self.mask = NeuronMask(neurons)
         self.evaluations = 0
-        self.acc0 = self.measure(torch.zeros(len(neurons), dtype=torch.bool))["clean_acc"]
+        self.acc0 = self._masked(torch.zeros(len(neurons), dtype=torch.bool))["clean_acc"]
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
+    def metrics(self, model: nn.Module) -> dict[str, float]:
         """Clean accuracy and probe rate of ``model`` as it is (masks, if any, already applied)."""
         acc = (model(self.x).argmax(1) == self.y).float().mean().item()
         rate = (model(self.x_probe).argmax(1) == self.target).float().mean().item() if len(self.x_probe) else 0.0
         self.evaluations += 1
         return {"clean_acc": acc, "probe_rate": rate}
 
-    def measure(self, selected: Tensor) -> dict[str, float]:
-        self.mask.scale = (~selected).float()
-        with self.mask.applied():
-            m = self.evaluate(self.model)
-        return {**m, "pruned_fraction": float(selected.float().mean())}
-
     def value(self, m: dict[str, float], acc0: float | None = None) -> float:
+        """``R`` of metrics ``m`` (with ``pruned_fraction``), relative to the unpruned accuracy ``acc0``."""
         c = self.cfg
         acc0 = self.acc0 if acc0 is None else acc0
         return (m["clean_acc"] - c.lam * m["probe_rate"] - c.rho * m["pruned_fraction"]
                 - c.kappa * max(0.0, acc0 - c.max_drop - m["clean_acc"]))
 
+    def _masked(self, selected: Tensor) -> dict[str, float]:
+        self.mask.scale = (~selected).float()
+        with self.mask.applied():
+            return {**self.metrics(self.model), "pruned_fraction": float(selected.float().mean())}
+
     def __call__(self, selected: Tensor) -> tuple[float, dict[str, float]]:
-        m = self.measure(selected)
+        """``R(S)`` and the metrics of the model with the ``selected`` neurons masked out."""
+        m = self._masked(selected)
         return self.value(m), m

@@ -1,8 +1,7 @@
 import pytest
 import torch
+from onp.defenses.onp.probes import Probe, calibrate, probe_rate
 from torch import nn
-
-from onp.rl.probes import Probe, calibrate, probe_rate
 
 
 class Threshold(nn.Module):
@@ -44,7 +43,8 @@ def test_calibrate_keeps_a_weak_probe_whole() -> None:
 def test_make_probes_calibrates_to_the_asked_rate_after_a_scan(monkeypatch: pytest.MonkeyPatch) -> None:
     """The candidate scan measures its own rates; the probes are still calibrated to ``rate`` (a scan variable
     once shadowed it, and the probes were calibrated to the last scanned class's rate instead)."""
-    import onp.rl.probes as probes
+    import onp.defenses.onp.probes as probes
+
     from onp.defenses.base import DefenseContext
 
     asked = []
@@ -61,7 +61,7 @@ def test_make_probes_calibrates_to_the_asked_rate_after_a_scan(monkeypatch: pyte
 
 
 def test_with_full_strength_adds_a_full_copy_of_each_weakened_probe() -> None:
-    from onp.rl.probes import ProbeSet
+    from onp.defenses.onp.probes import ProbeSet
 
     weak = Probe("uap", 1, delta=torch.ones(1, 4, 4), strength=0.3)
     whole = Probe("patch", 1, mask=torch.ones(1, 4, 4), pattern=torch.zeros(1, 4, 4))
@@ -74,8 +74,9 @@ def test_with_full_strength_adds_a_full_copy_of_each_weakened_probe() -> None:
 
 def test_amplified_rates_follow_the_neuron_clp_flags() -> None:
     """Amplifying the neuron with the outlying Lipschitz bound sends images of class 0 to the class it feeds."""
+    from onp.defenses.onp.probes import amplified_rates
+
     from onp.graph import find_neurons
-    from onp.rl.probes import amplified_rates
 
     model = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 2))
     with torch.no_grad():
@@ -94,7 +95,8 @@ def test_amplified_rates_follow_the_neuron_clp_flags() -> None:
 
 def test_a_strong_amplified_share_decides_the_estimate_without_a_scan(monkeypatch: pytest.MonkeyPatch) -> None:
     """As on LC: unlearning names class 0 with 80% (below the collapse), amplification class 1 with 70%."""
-    import onp.rl.probes as probes
+    import onp.defenses.onp.probes as probes
+
     from onp.defenses.base import DefenseContext
 
     def no_scan(*a: object, **k: object) -> None:
@@ -112,7 +114,8 @@ def test_a_strong_amplified_share_decides_the_estimate_without_a_scan(monkeypatc
 
 def test_a_weak_amplified_share_joins_the_candidates_and_the_score(monkeypatch: pytest.MonkeyPatch) -> None:
     """Below ``amplified_decides`` the amplified class is scanned as a candidate and its share is added."""
-    import onp.rl.probes as probes
+    import onp.defenses.onp.probes as probes
+
     from onp.defenses.base import DefenseContext
 
     monkeypatch.setattr(probes, "universal_perturbation", lambda *a, target=None, **k: torch.full((1, 4, 4), target
@@ -128,8 +131,9 @@ def test_a_weak_amplified_share_joins_the_candidates_and_the_score(monkeypatch: 
 
 def test_a_low_resolution_perturbation_is_smooth_bounded_and_works() -> None:
     """At resolution 1 the perturbation is one value per channel: here a brightening the model reads as class 1."""
+    from onp.defenses.onp.probes import universal_perturbation
+
     from onp.defenses.base import DefenseContext
-    from onp.rl.probes import universal_perturbation
 
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
     with torch.no_grad():
@@ -147,7 +151,8 @@ def test_a_low_resolution_perturbation_is_smooth_bounded_and_works() -> None:
 
 def test_make_probes_builds_the_probe_at_its_own_bound_and_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
     """The estimate's scan keeps ``eps`` at full resolution; only the targeted probe takes ``probe_*``."""
-    import onp.rl.probes as probes
+    import onp.defenses.onp.probes as probes
+
     from onp.defenses.base import DefenseContext
 
     calls = []

@@ -2,7 +2,7 @@
 
 Each column is evidence a known defense uses, so the agent can learn how to weigh them:
 RNP's recovered mask, ANP's perturbation mask, CLP's channel Lipschitz bound, clean activation statistics
-(Fine-Pruning's dormancy), the activation shift under each trigger-free probe (:mod:`onp.rl.probes`), the
+(Fine-Pruning's dormancy), the activation shift under each trigger-free probe (:mod:`.probes`), the
 first-order (Taylor) cost of the neuron for the clean loss, and where the neuron sits in the graph.
 """
 
@@ -15,13 +15,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from onp.defenses.anp import anp_masks
 from onp.defenses.base import DefenseContext
-from onp.defenses.clp import channel_lipschitz, standardize_per_layer
-from onp.defenses.rnp import rnp_masks
+from onp.defenses.onp.probes import ProbeSet
 from onp.graph.build import NeuronGraph
 from onp.graph.neurons import NeuronMask, Neurons
-from onp.rl.probes import ProbeSet
+from onp.scores import (
+    activation_table,
+    anp_masks,
+    channel_lipschitz,
+    rnp_masks,
+    standardize_per_layer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,30 +38,6 @@ class FeatureConfig:
     """ANP mask-learning steps (the ANP baseline uses 2000)."""
     rnp_recover_epochs: int = 20
     """RNP mask-recovery epochs."""
-
-
-@torch.no_grad()
-def activation_table(model: nn.Module, neurons: Neurons, x: Tensor, device: torch.device,
-                     batch_size: int = 250) -> Tensor:
-    """(B, N) post-ReLU, spatially averaged activation of every neuron for every image of ``x``."""
-    rows: list[Tensor] = []
-    current: list[Tensor | None] = [None] * len(neurons.carriers)
-    handles = []
-    for k, c in enumerate(neurons.carriers):
-        def hook(mod: nn.Module, inp: object, out: Tensor, k: int = k) -> None:
-            a = out.detach().relu()
-            current[k] = (a.flatten(2).mean(2) if a.dim() > 2 else a).cpu()
-
-        handles.append(c.module.register_forward_hook(hook))
-    try:
-        model.eval()
-        for s in range(0, len(x), batch_size):
-            model(x[s:s + batch_size].to(device))
-            rows.append(torch.cat(current, 1))  # type: ignore[arg-type]
-    finally:
-        for h in handles:
-            h.remove()
-    return torch.cat(rows)
 
 
 def taylor_importance(model: nn.Module, neurons: Neurons, x: Tensor, y: Tensor, device: torch.device,
@@ -90,10 +70,12 @@ def neuron_features(model: nn.Module, graph: NeuronGraph, x: Tensor, y: Tensor, 
     rnp_info: dict = {}
     with ctx.progress(total=5, desc="onp: features") as bar:
         if rnp is None:
-            rnp, rnp_info = rnp_masks(model, neurons, x, y, ctx, recover_epochs=cfg.rnp_recover_epochs)
+            rnp, rnp_info = rnp_masks(model, neurons, x, y, ctx.device, ctx.seed,
+                                      recover_epochs=cfg.rnp_recover_epochs)
         cols["rnp_mask"] = rnp
         bar.update(1)
-        cols["anp_mask"] = anp_masks(model, neurons, x, y, ctx, iterations=cfg.anp_iterations)
+        cols["anp_mask"] = anp_masks(model, neurons, x, y, ctx.device, ctx.seed, ctx.progress,
+                                     iterations=cfg.anp_iterations)
         bar.update(1)
         cols["clp_z"] = _layer_z(channel_lipschitz(neurons), neurons)
         clean = activation_table(model, neurons, x, ctx.device)

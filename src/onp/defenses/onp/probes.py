@@ -20,9 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from onp.defenses.base import DefenseContext, batch_steps
+from onp.defenses.base import DefenseContext
 from onp.evaluate import predict
 from onp.graph.neurons import NeuronMask, Neurons
+from onp.scores import channel_lipschitz, standardize_per_layer
+from onp.utils.batching import batch_steps
 from onp.utils.runtime import frozen
 
 
@@ -228,7 +230,7 @@ def make_probes(model: nn.Module, x: Tensor, y: Tensor, num_classes: int, ctx: D
                 eps: float = 8 / 255, uap_steps: int = 60, patch_steps: int = 150,
                 unlearned_predictions: list[int] | None = None, amplified: list[float] | None = None,
                 rate: float | None = 0.6, probe_eps: float | None = None, probe_resolution: int | None = None,
-                **estimate: float | int) -> ProbeSet:
+                target: int | None = None, **estimate: float | int) -> ProbeSet:
     """Estimate the target class (:func:`estimate_target`, which ``estimate`` parameterizes), then build a
     targeted universal perturbation and an inverted patch trigger toward it.
 
@@ -236,10 +238,14 @@ def make_probes(model: nn.Module, x: Tensor, y: Tensor, num_classes: int, ctx: D
     ``eps``) and ``probe_resolution`` (default full; see :func:`universal_perturbation`).
 
     Each probe is then weakened to send about ``rate`` of the images to the target (:func:`calibrate`;
-    ``None`` keeps full strength).
+    ``None`` keeps full strength). ``target`` skips the estimate and aims at that class: for diagnostics only,
+    since no defense knows the target.
     """
-    target, rates = estimate_target(model, x, y, num_classes, ctx, eps, uap_steps, unlearned_predictions, amplified,
-                                    **estimate)
+    if target is None:
+        target, rates = estimate_target(model, x, y, num_classes, ctx, eps, uap_steps, unlearned_predictions,
+                                        amplified, **estimate)
+    else:
+        rates = {"target_estimate": target, "target_forced": 1}
     targeted = Probe("uap", target, delta=universal_perturbation(
         model, x, y, ctx, eps if probe_eps is None else probe_eps, uap_steps, target=target,
         resolution=probe_resolution))
@@ -263,8 +269,6 @@ def amplified_rates(model: nn.Module, neurons: Neurons, x: Tensor, y: Tensor, nu
     gain 4) this sent 74% to LC's target, 86% to the target of an LC model trained with target 5, and at most 8%
     to any class of a clean model (docs/design.md).
     """
-    from onp.defenses.clp import channel_lipschitz, standardize_per_layer
-
     ranking = torch.argsort(standardize_per_layer(channel_lipschitz(neurons), neurons), descending=True)
     scale = torch.ones(len(neurons))
     scale[ranking[:k]] = gain

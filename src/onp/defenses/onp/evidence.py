@@ -17,8 +17,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from onp.defenses.onp.probes import Probe, ProbeSet
 from onp.errors import OnpError
-from onp.rl.probes import Probe, ProbeSet
 from onp.utils.io import load_tensors, read_json, save_tensors, stable_hash, write_json
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 
-def _plt():  # noqa: ANN202
+def _plt():  # noqa: ANN202 - matplotlib takes a while to import, and only the plots need it
     import matplotlib
 
     matplotlib.use("Agg")

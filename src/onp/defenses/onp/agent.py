@@ -6,7 +6,7 @@ samples ``m`` neurons without replacement from its node scores. The search learn
 in what order; *how many* is decided afterwards by the stopping rule on held-out clean images. (With a "prune
 nothing" budget the policy collapsed to it within ten updates on a planted task, before its node scores had
 learned anything: `tests/rl/test_agent.py`.) The move's reward is the change of
-``R(S)`` (:mod:`onp.rl.reward`), so an episode's return is ``R(S_final) - R(empty)``. Episodes run in batches;
+``R(S)`` (:mod:`.reward`), so an episode's return is ``R(S_final) - R(empty)``. Episodes run in batches;
 each move's advantage is its return-to-go minus the batch mean at that move, divided by the batch standard
 deviation.
 """
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from onp.rl.policy import PruningPolicy, plackett_luce_sample
-from onp.rl.reward import CleanReward
+from onp.defenses.onp.policy import PruningPolicy, plackett_luce_sample
+from onp.defenses.onp.reward import CleanReward
 from onp.utils.progress import ProgressFactory, null_progress
 
 log = logging.getLogger(__name__)
@@ -54,13 +54,10 @@ class AgentConfig:
 
 @dataclass
 class SearchResult:
-    """What the search found: the greedy pruning order, the best set seen, and the training curve."""
+    """What the search found: the trained policy's greedy pruning order and its training curve."""
 
     ranking: Tensor
-    best_selected: Tensor
-    best_reward: float
     history: list[dict[str, float]]
-    policy: PruningPolicy
 
 
 class PruningAgent:
@@ -84,7 +81,7 @@ class PruningAgent:
             raise ValueError("budgets must be positive fractions")
         self.budget_sizes = [max(1, int(round(b * self.n))) for b in cfg.budgets]
         self.generator = torch.Generator().manual_seed(seed)
-        self.best: tuple[float, Tensor] = (-float("inf"), torch.zeros(self.n, dtype=torch.bool))
+        self.best = -float("inf")  # the best R(S) any episode reached (logged)
         self.base_value = reward(torch.zeros(self.n, dtype=torch.bool))[0]
         self.prior = torch.zeros(self.n)
         if prior is not None and cfg.prior_weight:
@@ -111,8 +108,7 @@ class PruningAgent:
             pruned = pruned.clone()
             pruned[chosen] = True
             value, metrics = self.reward(pruned)
-            if value > self.best[0]:
-                self.best = (value, pruned.clone())
+            self.best = max(self.best, value)
             logps.append(dist.log_prob(b) + logp_set)
             ents.append(dist.entropy())
             rewards.append(value - prev)
@@ -139,7 +135,7 @@ class PruningAgent:
                 finals = [m for *_, m in batch]
                 rec = {"update": u + 1,
                        "reward/mean": sum(m["return"] for m in finals) / len(finals),
-                       "reward/best": self.best[0] - self.base_value,
+                       "reward/best": self.best - self.base_value,
                        "episode/clean_acc": sum(m["clean_acc"] for m in finals) / len(finals),
                        "episode/probe_rate": sum(m["probe_rate"] for m in finals) / len(finals),
                        "episode/pruned_fraction": sum(m["pruned_fraction"] for m in finals) / len(finals),
@@ -169,7 +165,7 @@ class PruningAgent:
 
 def search(features: Tensor, edge_index: Tensor, edge_weight: Tensor, reward: CleanReward, cfg: AgentConfig,
            seed: int = 0, progress: ProgressFactory = null_progress, prior: Tensor | None = None) -> SearchResult:
-    """Train the agent and return its greedy ranking, the best set seen during search, and the curve."""
+    """Train the agent and return its greedy ranking and the training curve."""
     agent = PruningAgent(features, edge_index, edge_weight, reward, cfg, seed, prior)
     history = agent.train(progress)
-    return SearchResult(agent.greedy_ranking(), agent.best[1], agent.best[0], history, agent.policy)
+    return SearchResult(agent.greedy_ranking(), history)
