@@ -19,6 +19,7 @@ demo: $(STAMP)
 	$(BIN)/onp demo
 
 test: $(STAMP)
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q
 
 clean:
