@@ -29,7 +29,8 @@ def test_an_upward_import_inside_a_function_breaks_them(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "src" / "onp", tmp_path / "src" / "onp", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
     neurons = tmp_path / "src" / "onp" / "graph" / "neurons.py"
-    neurons.write_text(neurons.read_text() + "\n\ndef _dodge() -> None:\n    from onp.defenses import pruning  # noqa\n")
+    dodge = "\n\ndef _dodge() -> None:\n    from onp.defenses import pruning  # noqa\n"
+    neurons.write_text(neurons.read_text() + dodge)
     result = lint(tmp_path)
     assert result.returncode == 1
     assert "BROKEN" in result.stdout and "onp.graph.neurons -> onp.defenses.pruning" in result.stdout

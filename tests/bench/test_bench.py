@@ -195,6 +195,9 @@ def test_bad_config_is_refused(tmp_path: Path) -> None:
     with pytest.raises(OnpError, match="unknown executor"):
         p.write_text("name: x\ndefenses: [{name: clp}]\n")
         run_bench(load_bench(p), tmp_path / "r.jsonl", executor="slurm")
+    p.write_text("name: x\ndefenses: [{name: onp, params: {oracle_target: 0}}]\n")
+    with pytest.raises(OnpError, match="onp sets oracle_target.*may not know it"):
+        load_bench(p)
 
 
 def _row(defense: str, attack: str, seed: int, asr: float) -> dict:

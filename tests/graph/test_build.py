@@ -25,7 +25,7 @@ def test_edges_join_existing_nodes_in_dataflow_order(graph: NeuronGraph) -> None
     assert graph.edge_index.shape[1] > 0
     assert graph.edge_attr.shape == (graph.edge_index.shape[1], 2)
     assert ((src >= 0) & (src < n) & (dst >= 0) & (dst < n)).all()
-    depth = torch.tensor([c.depth for c in graph.neurons.carriers])[graph.neurons.carrier]
+    depth = torch.tensor([c.depth for c in graph.neurons.carriers])[graph.neurons.carrier_of]
     assert (depth[src] < depth[dst]).all(), "an edge runs against the dataflow (or is a self-loop)"
     strength, skip = graph.edge_attr.unbind(1)
     assert ((strength > 0) & (strength <= 1)).all()
@@ -36,7 +36,7 @@ def test_edges_join_existing_nodes_in_dataflow_order(graph: NeuronGraph) -> None
 def test_each_neuron_keeps_its_top_k_inputs_per_layer(graph: NeuronGraph) -> None:
     neurons = graph.neurons
     src, dst = graph.edge_index[:, graph.edge_attr[:, 1] == 0]
-    pairs = torch.stack([dst, neurons.carrier[src]], 1)
+    pairs = torch.stack([dst, neurons.carrier_of[src]], 1)
     _, counts = pairs.unique(dim=0, return_counts=True)
     assert counts.max() <= TOP_K
     # per source layer, the strongest input of a target neuron has strength 1 somewhere in that layer
@@ -70,14 +70,14 @@ def test_resnet18_stem_and_first_stage_are_skip_linked() -> None:
     for a, b in [("net.bn1", "net.layer1.0.bn2"), ("net.layer1.0.bn2", "net.layer1.1.bn2")]:
         for ch in range(neurons.carriers[k[a]].size):
             assert (neurons.offsets[k[a]] + ch, neurons.offsets[k[b]] + ch) in pairs
-    assert not any(neurons.carriers[int(neurons.carrier[s])].name == "net.layer1.0.bn1" for s in src)
+    assert not any(neurons.carriers[int(neurons.carrier_of[s])].name == "net.layer1.0.bn1" for s in src)
 
 
 def test_only_neurons_read_by_the_classifier_reach_the_logits(graph: NeuronGraph) -> None:
     """The classifier reads the deepest carrier's residual group (the whole group: the channels are summed)."""
     neurons = graph.neurons
     last_group = neurons.carriers[-1].group
-    feeds = (neurons.carrier_group[neurons.carrier] == last_group)
+    feeds = (neurons.carrier_group[neurons.carrier_of] == last_group)
     assert graph.to_logits.shape == (len(neurons),)
     assert (graph.to_logits[feeds] > 0).all()
     assert (graph.to_logits[~feeds] == 0).all()
@@ -91,6 +91,6 @@ def test_pyg_data(graph: NeuronGraph) -> None:
     data = graph.data(torch.randn(n, 7))
     assert data.x.shape == (n, 7) and data.num_nodes == n
     assert torch.equal(data.edge_index, graph.edge_index) and data.edge_attr.shape[1] == 2
-    assert torch.equal(data.group, graph.neurons.group_key) and torch.equal(data.layer, graph.neurons.carrier)
+    assert torch.equal(data.group, graph.neurons.group_key) and torch.equal(data.layer, graph.neurons.carrier_of)
     with pytest.raises(ValueError, match="feature rows"):
         graph.data(torch.randn(n + 1, 7))

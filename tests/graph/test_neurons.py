@@ -66,7 +66,7 @@ def test_every_hidden_layer_carries_its_channels(name: str) -> None:
         assert c.module is c.producer or (isinstance(c.module, nn.BatchNorm2d) and c.module.num_features == c.size)
     assert [c.depth for c in neurons.carriers] == list(range(len(neurons.carriers)))
     # neuron i is channel channel[i] of carrier carrier[i], in carrier order
-    assert neurons.carrier.tolist() == sorted(neurons.carrier.tolist())
+    assert neurons.carrier_of.tolist() == sorted(neurons.carrier_of.tolist())
     for k, c in enumerate(neurons.carriers):
         assert neurons.channel[neurons.slice(k)].tolist() == list(range(c.size))
 
@@ -96,7 +96,7 @@ def test_resnet18_residual_groups() -> None:
     sel = torch.zeros(len(neurons), dtype=torch.bool)
     sel[neurons.offsets[by_name["net.bn1"]] + 3] = True
     wide = neurons.expand_groups(sel)
-    got = {(neurons.carriers[int(neurons.carrier[i])].name, int(neurons.channel[i])) for i in torch.nonzero(wide)}
+    got = {(neurons.carriers[int(neurons.carrier_of[i])].name, int(neurons.channel[i])) for i in torch.nonzero(wide)}
     assert got == {("net.bn1", 3), ("net.layer1.0.bn2", 3), ("net.layer1.1.bn2", 3)}
 
 
@@ -113,7 +113,7 @@ def test_preact_stem_is_carried_by_its_conv() -> None:
 def test_mask_zeroes_exactly_one_channel(name: str) -> None:
     model, neurons, x = build(name)
     for i in probe_neurons(neurons):
-        c = neurons.carriers[int(neurons.carrier[i])]
+        c = neurons.carriers[int(neurons.carrier_of[i])]
         ch = int(neurons.channel[i])
         base: dict[str, Tensor] = {}
         h = capture(c.module, base)
@@ -142,7 +142,7 @@ def test_masked_neuron_carries_nothing(name: str) -> None:
     model, neurons, x = build(name)
     g = torch.Generator().manual_seed(1)
     for i in probe_neurons(neurons):
-        c = neurons.carriers[int(neurons.carrier[i])]
+        c = neurons.carriers[int(neurons.carrier_of[i])]
         ch = int(neurons.channel[i])
         noise = torch.randn(x.shape[0], generator=g)  # one value per image, broadcast over space
 

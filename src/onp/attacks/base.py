@@ -71,9 +71,7 @@ class Attack(ABC):
         image_shape: (C, H, W).
         target_label: the label poisoned samples are given (all-to-one), in ``[0, num_classes)``.
         poison_rate: fraction poisoned, in (0, 1]: of the training set for dirty-label attacks, of the target
-            class for clean-label ones (as the SIG and LC papers count it). Counted over the training set, 10%
-            of CIFAR-10 is the whole target class: the LC model then never predicted class 0 without the
-            trigger (class-0 test accuracy 0.0%, ACC 80.99%).
+            class for clean-label ones (as the SIG and LC papers count it; docs/design.md says why).
         all_to_all: label ``y`` becomes ``(y + 1) % num_classes`` instead of ``target_label``.
         seed: seeds the choice of samples and any random trigger.
     """

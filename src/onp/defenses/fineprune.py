@@ -29,7 +29,8 @@ class FinePruning(ScorePruneDefense):
 
     name = "fineprune"
 
-    def __init__(self, finetune_epochs: int = 10, finetune_lr: float = 0.01, max_fraction: float = 0.9, **kw: Any) -> None:
+    def __init__(self, finetune_epochs: int = 10, finetune_lr: float = 0.01, max_fraction: float = 0.9,
+                 **kw: Any) -> None:
         kw.setdefault("granularity", "group")
         super().__init__(max_fraction=max_fraction, **kw)
         self.finetune_epochs, self.finetune_lr = finetune_epochs, finetune_lr

@@ -3,9 +3,8 @@
 How many neurons to prune is chosen from the defender's clean images only: by default the largest prefix of the
 ranking whose clean accuracy stays within ``max_drop`` of the unpruned model's; a defense may instead maximize
 its own clean-data objective under the same bound (ONP), or use its paper's fixed threshold. The accuracy is
-measured on all the defender's images (500 on CIFAR-10): on the 100 held-out ones alone one image is a whole
-point, and the largest-prefix rule then follows the noise (ONP on BadNets stopped at a held-out drop of 2.0
-points that was 2.4 on the test set).
+measured on all the defender's images, not only the held-out part, where one image is a whole point
+(docs/design.md, Defenses).
 """
 
 from __future__ import annotations
@@ -44,8 +43,7 @@ def prefix_mask(neurons: Neurons, ranking: Tensor, k: int, granularity: str = "n
 
 STOP_MARGIN = 0.10
 """How far below the allowed accuracy drop a selection curve is followed before it stops (see
-:func:`pruning_curve`). On the six CIFAR-10 selection curves of docs/design.md (ONP on BadNets, Blended, WaNet;
-ANP and RNP on BadNets) the stop falls at point 16 to 32 of 38, and no later point came back within the bound."""
+:func:`pruning_curve`; docs/design.md, Defenses, says why no later point is lost)."""
 
 
 def k_grid(n: int, max_fraction: float, points: int = 40) -> list[int]:
@@ -99,9 +97,8 @@ def prune_copy(model: nn.Module, neurons: Neurons, selected: Tensor, keep_bias: 
 
 
 def rank(scores: Tensor, seed: int = 0) -> Tensor:
-    """Indices by decreasing score, ties in a seeded random order. RNP's masks put many neurons at exactly 0;
-    ranked by index instead, ties pruned the earliest layers first and cost 5 points of clean accuracy at three
-    neurons on CIFAR-10 BadNets, where a random order among them cost 1."""
+    """Indices by decreasing score, ties in a seeded random order: RNP's masks put many neurons at exactly 0, and
+    ranked by index those ties would prune the earliest layers first (docs/design.md, Defenses)."""
     perm = torch.randperm(len(scores), generator=torch.Generator().manual_seed(seed))
     return perm[torch.argsort(scores[perm], descending=True, stable=True)]
 

@@ -45,7 +45,7 @@ class NeuronGraph:
         if x.shape[0] != len(self.neurons):
             raise ValueError(f"{x.shape[0]} feature rows for {len(self.neurons)} neurons")
         return Data(x=x, edge_index=self.edge_index, edge_attr=self.edge_attr,
-                    group=self.neurons.group_key, layer=self.neurons.carrier)
+                    group=self.neurons.group_key, layer=self.neurons.carrier_of)
 
 
 def _out_fn(m: nn.Module):  # noqa: ANN202

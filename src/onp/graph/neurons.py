@@ -53,7 +53,7 @@ class Carrier:
 @dataclass
 class Neurons:
     """All prunable neurons of a model, flattened: neuron ``i`` is channel ``channel[i]`` of
-    ``carriers[carrier[i]]``; ``group_key[i]`` identifies its residual group (same group, same channel)."""
+    ``carriers[carrier_of[i]]``; ``group_key[i]`` identifies its residual group (same group, same channel)."""
 
     carriers: list[Carrier]
     dg: tp.DependencyGraph = field(repr=False)
@@ -67,9 +67,9 @@ class Neurons:
         for i, c in enumerate(self.carriers):
             carrier += [i] * c.size
             channel += list(range(c.size))
-        self.carrier = torch.tensor(carrier, dtype=torch.long)
+        self.carrier_of = torch.tensor(carrier, dtype=torch.long)
         self.channel = torch.tensor(channel, dtype=torch.long)
-        self.group_key = self.carrier_group[self.carrier] * 100_000 + self.channel
+        self.group_key = self.carrier_group[self.carrier_of] * 100_000 + self.channel
 
     @property
     def carrier_group(self) -> Tensor:
@@ -82,16 +82,13 @@ class Neurons:
         return slice(self.offsets[k], self.offsets[k + 1])
 
     def describe(self, i: int) -> dict[str, object]:
-        c = self.carriers[int(self.carrier[i])]
+        c = self.carriers[int(self.carrier_of[i])]
         return {"layer": c.name, "index": int(self.channel[i]), "group": c.group}
 
     def expand_groups(self, selected: Tensor) -> Tensor:
         """A boolean selection widened to whole residual groups (a neuron pulls in its coupled neurons)."""
         keys = self.group_key[selected]
         return torch.isin(self.group_key, keys)
-
-    def by_name(self) -> dict[str, Carrier]:
-        return {c.name: c for c in self.carriers}
 
     def on(self, model: nn.Module) -> Neurons:
         """The same neurons on another instance of the architecture (a copy): carriers are matched by name."""

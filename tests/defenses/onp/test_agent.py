@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 import torch
+
 from onp.defenses.onp.agent import AgentConfig, search
 from onp.defenses.onp.policy import plackett_luce_logp, plackett_luce_sample
 

@@ -1,7 +1,8 @@
 import pytest
 import torch
-from onp.defenses.onp.probes import Probe, calibrate, probe_rate
 from torch import nn
+
+from onp.defenses.onp.probes import Probe, calibrate, probe_rate
 
 
 class Threshold(nn.Module):
@@ -44,7 +45,6 @@ def test_make_probes_calibrates_to_the_asked_rate_after_a_scan(monkeypatch: pyte
     """The candidate scan measures its own rates; the probes are still calibrated to ``rate`` (a scan variable
     once shadowed it, and the probes were calibrated to the last scanned class's rate instead)."""
     import onp.defenses.onp.probes as probes
-
     from onp.defenses.base import DefenseContext
 
     asked = []
@@ -58,6 +58,22 @@ def test_make_probes_calibrates_to_the_asked_rate_after_a_scan(monkeypatch: pyte
     ps = probes.make_probes(Threshold(), x, y, 2, DefenseContext(), unlearned_predictions=[50, 50], rate=0.6)
     assert "scan_uap_0" in ps.rates and "scan_uap_1" in ps.rates
     assert asked == [0.6, 0.6]
+
+
+def test_make_probes_with_a_forced_target_skips_the_estimate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The oracle diagnostic's way in: a parameter, not a patched function. The probes aim at the given class
+    and the estimate never runs."""
+    import onp.defenses.onp.probes as probes
+    from onp.defenses.base import DefenseContext
+
+    def no_estimate(*a: object, **k: object) -> None:
+        raise AssertionError("the target was given; nothing may estimate it")
+
+    monkeypatch.setattr(probes, "estimate_target", no_estimate)
+    x, y = _data()
+    ps = probes.make_probes(Threshold(), x, y, 2, DefenseContext(), uap_steps=2, patch_steps=2, rate=None, target=1)
+    assert ps.target == 1 and [p.target for p in ps.probes] == [1, 1]
+    assert ps.rates["target_estimate"] == 1 and ps.rates["target_forced"] == 1
 
 
 def test_with_full_strength_adds_a_full_copy_of_each_weakened_probe() -> None:
@@ -75,7 +91,6 @@ def test_with_full_strength_adds_a_full_copy_of_each_weakened_probe() -> None:
 def test_amplified_rates_follow_the_neuron_clp_flags() -> None:
     """Amplifying the neuron with the outlying Lipschitz bound sends images of class 0 to the class it feeds."""
     from onp.defenses.onp.probes import amplified_rates
-
     from onp.graph import find_neurons
 
     model = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 2))
@@ -96,7 +111,6 @@ def test_amplified_rates_follow_the_neuron_clp_flags() -> None:
 def test_a_strong_amplified_share_decides_the_estimate_without_a_scan(monkeypatch: pytest.MonkeyPatch) -> None:
     """As on LC: unlearning names class 0 with 80% (below the collapse), amplification class 1 with 70%."""
     import onp.defenses.onp.probes as probes
-
     from onp.defenses.base import DefenseContext
 
     def no_scan(*a: object, **k: object) -> None:
@@ -115,7 +129,6 @@ def test_a_strong_amplified_share_decides_the_estimate_without_a_scan(monkeypatc
 def test_a_weak_amplified_share_joins_the_candidates_and_the_score(monkeypatch: pytest.MonkeyPatch) -> None:
     """Below ``amplified_decides`` the amplified class is scanned as a candidate and its share is added."""
     import onp.defenses.onp.probes as probes
-
     from onp.defenses.base import DefenseContext
 
     monkeypatch.setattr(probes, "universal_perturbation", lambda *a, target=None, **k: torch.full((1, 4, 4), target
@@ -131,9 +144,8 @@ def test_a_weak_amplified_share_joins_the_candidates_and_the_score(monkeypatch: 
 
 def test_a_low_resolution_perturbation_is_smooth_bounded_and_works() -> None:
     """At resolution 1 the perturbation is one value per channel: here a brightening the model reads as class 1."""
-    from onp.defenses.onp.probes import universal_perturbation
-
     from onp.defenses.base import DefenseContext
+    from onp.defenses.onp.probes import universal_perturbation
 
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
     with torch.no_grad():
@@ -152,7 +164,6 @@ def test_a_low_resolution_perturbation_is_smooth_bounded_and_works() -> None:
 def test_make_probes_builds_the_probe_at_its_own_bound_and_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
     """The estimate's scan keeps ``eps`` at full resolution; only the targeted probe takes ``probe_*``."""
     import onp.defenses.onp.probes as probes
-
     from onp.defenses.base import DefenseContext
 
     calls = []

@@ -143,11 +143,10 @@ class ONP(Defense):
                              probe_eps=self.probe_eps, probe_resolution=self.probe_resolution,
                              target=self.oracle_target)
         t_probes = time.perf_counter() - t0
-        feats, names, info = neuron_features(model, graph, data.x_fit, data.y_fit, probes, ctx,
-                                             FeatureConfig(anp_iterations=self.anp_iterations), rnp=rnp)
-        info["rnp"] = rnp_info
+        feats, names = neuron_features(model, graph, data.x_fit, data.y_fit, probes, rnp, ctx,
+                                       FeatureConfig(anp_iterations=self.anp_iterations))
         timings = {"probes": t_probes, "features": time.perf_counter() - t0 - t_probes}
-        ev = Evidence(probes, feats, names, info, timings)
+        ev = Evidence(probes, feats, names, {"rnp": rnp_info}, timings)
         if key is not None:
             save_evidence(Path(ctx.cache_dir), key, ev)
         return ev, False

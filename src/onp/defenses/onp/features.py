@@ -23,7 +23,6 @@ from onp.scores import (
     activation_table,
     anp_masks,
     channel_lipschitz,
-    rnp_masks,
     standardize_per_layer,
 )
 
@@ -36,8 +35,6 @@ class FeatureConfig:
 
     anp_iterations: int = 100
     """ANP mask-learning steps (the ANP baseline uses 2000)."""
-    rnp_recover_epochs: int = 20
-    """RNP mask-recovery epochs."""
 
 
 def taylor_importance(model: nn.Module, neurons: Neurons, x: Tensor, y: Tensor, device: torch.device,
@@ -59,21 +56,14 @@ def _layer_z(v: Tensor, neurons: Neurons) -> Tensor:
     return standardize_per_layer(v.float(), neurons).clamp(-5, 5)
 
 
-def neuron_features(model: nn.Module, graph: NeuronGraph, x: Tensor, y: Tensor, probes: ProbeSet,
-                    ctx: DefenseContext, cfg: FeatureConfig | None = None, rnp: Tensor | None = None
-                    ) -> tuple[Tensor, list[str], dict]:
-    """The (N, F) feature matrix (columns standardized), the column names, and diagnostics. ``rnp`` passes RNP
-    masks computed already (ONP computes them first: their unlearning also estimates the target)."""
+def neuron_features(model: nn.Module, graph: NeuronGraph, x: Tensor, y: Tensor, probes: ProbeSet, rnp: Tensor,
+                    ctx: DefenseContext, cfg: FeatureConfig | None = None) -> tuple[Tensor, list[str]]:
+    """The (N, F) feature matrix (columns standardized) and the column names. ``rnp``: RNP's masks, computed
+    before the probes (their unlearning also estimates the target)."""
     cfg = cfg or FeatureConfig()
     neurons = graph.neurons
-    cols: dict[str, Tensor] = {}
-    rnp_info: dict = {}
-    with ctx.progress(total=5, desc="onp: features") as bar:
-        if rnp is None:
-            rnp, rnp_info = rnp_masks(model, neurons, x, y, ctx.device, ctx.seed,
-                                      recover_epochs=cfg.rnp_recover_epochs)
-        cols["rnp_mask"] = rnp
-        bar.update(1)
+    cols: dict[str, Tensor] = {"rnp_mask": rnp}
+    with ctx.progress(total=4, desc="onp: features") as bar:
         cols["anp_mask"] = anp_masks(model, neurons, x, y, ctx.device, ctx.seed, ctx.progress,
                                      iterations=cfg.anp_iterations)
         bar.update(1)
@@ -91,11 +81,11 @@ def neuron_features(model: nn.Module, graph: NeuronGraph, x: Tensor, y: Tensor, 
         cols["taylor_z"] = _layer_z(taylor_importance(model, neurons, x, y, ctx.device), neurons)
         bar.update(1)
     n_layers = max(len(neurons.carriers) - 1, 1)
-    cols["depth"] = torch.tensor([neurons.carriers[int(k)].depth / n_layers for k in neurons.carrier])
+    cols["depth"] = torch.tensor([neurons.carriers[int(k)].depth / n_layers for k in neurons.carrier_of])
     cols["to_logits_z"] = _layer_z(graph.to_logits, neurons)
     cols["is_linear"] = torch.tensor([float(isinstance(neurons.carriers[int(k)].producer, nn.Linear))
-                                      for k in neurons.carrier])
+                                      for k in neurons.carrier_of])
     names = list(cols)
     feats = torch.stack([cols[n].float() for n in names], 1)
     feats = (feats - feats.mean(0)) / feats.std(0).clamp_min(1e-6)
-    return feats, names, {"rnp": rnp_info}
+    return feats, names

@@ -55,7 +55,7 @@ def universal_perturbation(model: nn.Module, x: Tensor, y: Tensor, ctx: DefenseC
 
     With ``resolution`` the perturbation is a ``resolution`` x ``resolution`` map per channel, upsampled
     bilinearly to the image: a low-frequency pattern, which cannot use the high-frequency adversarial features a
-    full-resolution perturbation finds (docs/design.md, ONP, SIG).
+    full-resolution perturbation finds.
     """
     model.eval()
     g = torch.Generator().manual_seed(ctx.seed + 11)
@@ -106,8 +106,7 @@ def invert_patch(model: nn.Module, x: Tensor, y: Tensor, target: int, ctx: Defen
     """A Neural-Cleanse-style mask and pattern that send clean images of other classes to ``target``.
 
     ``l1`` weighs the mask's L1 norm at 32x32 and scales with the image area, so covering the same fraction of
-    the image costs the same at every resolution. On 8x8 digits an unscaled 0.01 let a diffuse "paint a zero"
-    mask over 18 of the 64 pixels win; scaled (16x), the mask settles on the true 2x2 corner trigger.
+    the image costs the same at every resolution (docs/design.md, ONP).
     """
     model.eval()
     c, h, w = x.shape[1:]
@@ -134,11 +133,8 @@ def invert_patch(model: nn.Module, x: Tensor, y: Tensor, target: int, ctx: Defen
 def calibrate(model: nn.Module, x: Tensor, y: Tensor, probe: Probe, device: torch.device, rate: float = 0.6,
               iterations: int = 8) -> Probe:
     """Weaken ``probe`` (bisect its ``strength`` in (0, 1]) until it sends about ``rate`` of the other classes'
-    images to its target; a probe weaker than that is kept whole.
-
-    A saturated probe cannot register pruning: on CIFAR-10 Blended the universal perturbation and the inverted
-    patch toward the true target both reached 100%, stayed at 99.9% through the first 30 pruned neurons, and ONP
-    pruned nothing. At a rate below saturation, removing the neurons the probe rides on shows.
+    images to its target; a probe weaker than that is kept whole. A saturated probe cannot register pruning;
+    below saturation, removing the neurons it rides on shows (docs/design.md, ONP).
     """
     probe.strength = 1.0
     if probe_rate(model, x, y, probe, device) <= rate:
@@ -178,8 +174,7 @@ def estimate_target(model: nn.Module, x: Tensor, y: Tensor, num_classes: int, ct
     The estimate combines three trigger-free signals of a shortcut to a class:
 
     - the share of clean images that RNP's unlearned model (trained to *raise* the clean loss) sends to it:
-      unlearning leaves the backdoor's shortcut as the easiest wrong answer (digits BadNets: 160 of 160 images
-      to the true target; CIFAR-10 BadNets: 74%);
+      unlearning leaves the backdoor's shortcut as the easiest wrong answer;
     - ``amplified``: the share of images of other classes sent to it when the neurons CLP flags are amplified
       (:func:`amplified_rates`);
     - how many images of other classes a targeted universal perturbation (half the probe's steps) sends to it.
@@ -188,11 +183,7 @@ def estimate_target(model: nn.Module, x: Tensor, y: Tensor, num_classes: int, ct
     ``amplified_decides``. Otherwise the candidates are the classes with at least ``candidate_share`` of the
     unlearned predictions (at most ``max_candidates``), the class amplification sends most images to, and the
     class an untargeted universal perturbation drives most images to; the estimate is the candidate with the
-    largest sum of the three signals. No signal suffices alone: on CIFAR-10 Blended unlearning sent 51% to
-    class 5 and 35% to the true target 0, whose targeted perturbation reached 100% against 27% for class 5, and
-    amplification sent 23% to class 7; on BadNets (a patch, which an L-inf perturbation does not imitate) the
-    perturbation reached 82% for class 6 and 56% for the target, which unlearning picked with 74%; on LC
-    unlearning sent 87% to class 3 and amplification 74% to the true target (docs/design.md).
+    largest sum of the three signals. No signal suffices alone (docs/design.md, ONP, the target estimate).
     """
     rates: dict[str, float | int] = {}
     counts = torch.tensor(unlearned_predictions or [0] * num_classes, dtype=torch.float)
@@ -265,9 +256,7 @@ def amplified_rates(model: nn.Module, neurons: Neurons, x: Tensor, y: Tensor, nu
     per-layer z-scores of CLP's channel Lipschitz bound are multiplied by ``gain``.
 
     A backdoor lives in a few neurons that respond strongly to the trigger (CLP's observation), and amplified
-    they push to its target. On CIFAR-10 ResNet-18 (the 400 fit images of the benchmark's clean split, k = 10,
-    gain 4) this sent 74% to LC's target, 86% to the target of an LC model trained with target 5, and at most 8%
-    to any class of a clean model (docs/design.md).
+    they push to its target (docs/design.md, ONP, the target estimate).
     """
     ranking = torch.argsort(standardize_per_layer(channel_lipschitz(neurons), neurons), descending=True)
     scale = torch.ones(len(neurons))
