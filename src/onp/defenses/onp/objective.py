@@ -1,0 +1,105 @@
+"""ONP's objective: how well the best small trigger still works once a set of neurons is pruned.
+
+``J(S) = acc(S) - max_t w_t * success_t(S) - rho * |S| / N - kappa * max(0, acc0 - max_drop - acc(S))``
+
+``success_t(S)`` is the success rate of trigger ``t`` (one family toward one class, :mod:`.triggers`) after it is
+*re-fitted against the network pruned by S*, warm-started from where it was. A stale trigger, fitted once on the
+unpruned network, can be cleared by pruning only the neurons it happened to use while the backdoor still works
+through others; a re-fitted one finds the other path, so that ``J`` rewards only sets that cut every path. That
+makes ``J`` far from additive over neurons, which is what a search over sets is for. ``w_t`` weighs the class
+``t`` aims at by its evidence of being the target, so that no single hard estimate decides (docs/design.md, ONP).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from onp.defenses.onp.triggers import Family, Trigger, fit, new_trigger, success
+from onp.evaluate import accuracy
+from onp.graph.neurons import NeuronMask, Neurons
+
+
+@dataclass
+class ObjectiveConfig:
+    """The adversary's budget and the terms of ``J``."""
+
+    fit_steps: int = 40
+    """Steps of each trigger's first fit, on the unpruned network."""
+    refit_steps: int = 5
+    """Warm-started steps of each trigger against every pruned network it scores."""
+    images: int = 64
+    """Images of other classes each trigger is fitted and scored on."""
+    rho: float = 0.5
+    """Weight of the pruned fraction."""
+    kappa: float = 5.0
+    """Weight of the clean accuracy lost beyond ``max_drop``."""
+    max_drop: float = 0.02
+    """Clean-accuracy drop allowed before the penalty starts."""
+
+
+class AdaptiveObjective:
+    """``J(S)`` for boolean pruning masks ``S`` over ``neurons`` of ``model`` (left unchanged; masks are hooks).
+
+    Args:
+        model, neurons: the network and its prunable neurons.
+        x, y: the clean images it is scored on (accuracy on all; triggers on a draw of the other classes).
+        families: the trigger families.
+        classes: the classes the triggers aim at, with their weights in (0, 1].
+        cfg: the budget and the terms.
+        device, seed: where to run; the seed of the draws and of every fit.
+    """
+
+    def __init__(self, model: nn.Module, neurons: Neurons, x: Tensor, y: Tensor, families: dict[str, Family],
+                 classes: dict[int, float], cfg: ObjectiveConfig | None = None,
+                 device: torch.device | None = None, seed: int = 0) -> None:
+        self.model, self.neurons, self.cfg = model.eval(), neurons, cfg or ObjectiveConfig()
+        self.device = device or torch.device("cpu")
+        self.x, self.y = x, y
+        self.generator = torch.Generator().manual_seed(seed)
+        self.mask = NeuronMask(neurons)
+        self.weights = dict(classes)
+        self.others: dict[int, Tensor] = {}
+        for c in classes:
+            pool = x[y != c]
+            self.others[c] = pool[torch.randperm(len(pool), generator=self.generator)[:self.cfg.images]]
+        shape = tuple(x.shape[1:])
+        self.triggers: list[Trigger] = [new_trigger(f, c, shape, self.generator)  # type: ignore[arg-type]
+                                        for f in families.values() for c in classes]
+        for t in self.triggers:
+            fit(model, t, self.others[t.target], self.cfg.fit_steps, self.generator, self.device)
+        self.acc0 = accuracy(model, x, y, self.device)
+        self.evaluations = 0
+
+    def _rates(self, refit: bool) -> dict[str, float]:
+        out = {}
+        for t in self.triggers:
+            if refit:
+                fit(self.model, t, self.others[t.target], self.cfg.refit_steps, self.generator, self.device)
+            out[f"{t.family.name}/{t.target}"] = success(self.model, t, self.others[t.target], self.device)
+        return out
+
+    def metrics(self, selected: Tensor, refit: bool = True) -> dict[str, float]:
+        """Clean accuracy, each trigger's success (re-fitted unless ``refit`` is False: the stale score) and the
+        weighted worst of them (``adversary``) with the ``selected`` neurons masked out."""
+        self.mask.scale = (~selected).float().to(self.device)
+        with self.mask.applied():
+            acc = accuracy(self.model, self.x, self.y, self.device)
+            rates = self._rates(refit)
+        self.evaluations += 1
+        adversary = max((self.weights[int(k.rsplit("/", 1)[1])] * v for k, v in rates.items()), default=0.0)
+        return {"clean_acc": acc, "adversary": adversary, "pruned_fraction": float(selected.float().mean()),
+                **{f"success/{k}": v for k, v in rates.items()}}
+
+    def value(self, m: dict[str, float]) -> float:
+        """``J`` of metrics ``m``."""
+        c = self.cfg
+        return (m["clean_acc"] - m["adversary"] - c.rho * m["pruned_fraction"]
+                - c.kappa * max(0.0, self.acc0 - c.max_drop - m["clean_acc"]))
+
+    def __call__(self, selected: Tensor, refit: bool = True) -> tuple[float, dict[str, float]]:
+        """``J(S)`` and its metrics."""
+        m = self.metrics(selected, refit)
+        return self.value(m), m

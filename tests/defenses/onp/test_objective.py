@@ -1,0 +1,71 @@
+"""The adaptive objective on a planted network where a trigger reaches the target through two redundant neurons:
+pruning the one a stale trigger used clears the stale trigger but not the re-fitted one, so only the set that
+cuts both paths scores well."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from onp.defenses.onp.objective import AdaptiveObjective, ObjectiveConfig
+from onp.defenses.onp.triggers import Additive
+from onp.graph import find_neurons
+
+A, B, C = 0, 1, 2  # the hidden units: the easy path, the redundant path, a clean unit
+
+
+def planted() -> nn.Module:
+    """Images in [0, 0.1]; class 1 when unit A (pixel 0 above about 0.2) or unit B (pixel 15 above about 0.6)
+    fires, else class 0. An additive trigger bounded by 0.8 can fire either; after two steps it fires A only."""
+    hidden, out = nn.Linear(16, 3), nn.Linear(3, 2)
+    with torch.no_grad():
+        hidden.weight.zero_()
+        hidden.weight[A, 0], hidden.weight[B, 15], hidden.weight[C, 5] = 20.0, 20.0, 1.0
+        hidden.bias.copy_(torch.tensor([-4.0, -12.0, 0.0]))
+        out.weight.zero_()
+        out.weight[1, A], out.weight[1, B] = 5.0, 5.0
+        out.bias.copy_(torch.tensor([0.0, -2.0]))
+    return nn.Sequential(nn.Flatten(), hidden, nn.LeakyReLU(0.1), out).eval()
+
+
+@pytest.fixture
+def objective() -> AdaptiveObjective:
+    g = torch.Generator().manual_seed(0)
+    x = 0.1 * torch.rand(200, 1, 4, 4, generator=g)
+    y = torch.zeros(200, dtype=torch.long)
+    y[:100] = 1  # labels only decide which images a trigger toward 1 is scored on (the class-0 half)
+    model = planted()
+    cfg = ObjectiveConfig(fit_steps=2, refit_steps=8, images=64)
+    return AdaptiveObjective(model, find_neurons(model, x[:1]), x, y, {"additive": Additive(0.8)}, {1: 1.0}, cfg)
+
+
+def sel(*units: int) -> torch.Tensor:
+    s = torch.zeros(3, dtype=torch.bool)
+    s[list(units)] = True
+    return s
+
+
+def test_the_stale_trigger_rides_the_easy_path_only(objective: AdaptiveObjective) -> None:
+    assert objective.metrics(sel(), refit=False)["adversary"] == 1.0
+    assert objective.metrics(sel(A), refit=False)["adversary"] == 0.0, "pruning A clears the stale trigger"
+    assert objective.metrics(sel(B), refit=False)["adversary"] == 1.0
+
+
+def test_a_set_that_clears_only_the_stale_trigger_scores_worse(objective: AdaptiveObjective) -> None:
+    stale_a, _ = objective(sel(A), refit=False)
+    stale_ab, _ = objective(sel(A, B), refit=False)
+    assert stale_a > stale_ab, "without re-fitting, the smaller set looks better (the size term decides)"
+    adaptive_a, m_a = objective(sel(A))
+    assert m_a["adversary"] == 1.0, "re-fitted against the pruned network, the trigger finds B"
+    adaptive_ab, m_ab = objective(sel(A, B))
+    assert m_ab["adversary"] == 0.0
+    assert adaptive_ab > adaptive_a
+
+
+def test_weights_scale_a_class_and_metrics_name_each_trigger(objective: AdaptiveObjective) -> None:
+    m = objective.metrics(sel(), refit=False)
+    assert set(k for k in m if k.startswith("success/")) == {"success/additive/1"}
+    objective.weights[1] = 0.5
+    assert objective.metrics(sel(), refit=False)["adversary"] == 0.5
+    assert objective.acc0 == 0.5 and m["clean_acc"] == 0.5  # every image is predicted class 0
