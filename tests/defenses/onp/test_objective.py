@@ -69,3 +69,15 @@ def test_weights_scale_a_class_and_metrics_name_each_trigger(objective: Adaptive
     objective.weights[1] = 0.5
     assert objective.metrics(sel(), refit=False)["adversary"] == 0.5
     assert objective.acc0 == 0.5 and m["clean_acc"] == 0.5  # every image is predicted class 0
+
+
+def test_greedy_cuts_both_paths_and_keeps_the_clean_unit(objective: AdaptiveObjective) -> None:
+    from onp.defenses.onp.search import greedy, removal_scores
+
+    first = removal_scores(objective, sel())
+    assert int(first.argmax()) == A and first[C] == 0, "the stale trigger rides A; C does not reach the logits"
+    result = greedy(objective, per_step=1, max_steps=3)
+    assert result.selected.tolist() == [True, True, False]
+    assert [h["adversary"] for h in result.history[:3]] == [1.0, 1.0, 0.0], "A alone is not enough once re-fitted"
+    assert result.value == max(h["value"] for h in result.history)
+    assert float(removal_scores(objective, sel(A, B))[A]) == -float("inf"), "pruned neurons are not offered again"

@@ -1,0 +1,112 @@
+"""Development diagnostic for ONP's second design: the greedy search on the adaptive objective, and what each set
+it visits does to the real backdoor (measured on the test set only after the search, never by it).
+
+    .venv/bin/python benchmarks/adaptive_greedy.py benchmarks/zoo/cifar10-resnet18w16-sig --seed 0
+
+Class weights come from clean images only: the share of the fit images RNP's unlearned model sends to each class
+plus the share amplifying CLP's top neurons sends there (``onp.defenses.onp.probes.amplified_rates``), divided by
+the largest; classes of at least ``--min-weight`` are kept (at most ``--classes``). Then the adaptive objective
+(``onp.defenses.onp.objective``) is built on the fit images with the chosen trigger families, and the greedy
+search (``onp.defenses.onp.search.greedy``) grows a pruning set. Prints the weights (and the true target from the
+metadata, which the search never reads), then per step: neurons pruned, fit-set accuracy, the weighted worst
+trigger success, J, and the test ACC/ASR of that set (``--test-images``). A few minutes per model on one core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from onp.artifacts import load_attack, load_model
+from onp.data import create_dataset, defense_split
+from onp.defenses.base import DefenseData
+from onp.defenses.onp.objective import AdaptiveObjective, ObjectiveConfig
+from onp.defenses.onp.probes import amplified_rates
+from onp.defenses.onp.search import greedy
+from onp.defenses.onp.triggers import make_families
+from onp.defenses.pruning import prune_copy
+from onp.errors import OnpError
+from onp.evaluate import predict
+from onp.graph import find_neurons
+from onp.scores import unlearn
+from onp.utils.runtime import seed_everything, set_threads
+
+
+def class_weights(model: torch.nn.Module, neurons, data: DefenseData, seed: int, min_weight: float,  # noqa: ANN001
+                  most: int) -> tuple[dict[int, float], list[float]]:
+    """Per class: unlearned share + amplified share, over the largest; the classes kept, and all the values."""
+    device = torch.device("cpu")
+    unlearned, _ = unlearn(model, data.x_fit, data.y_fit, device, seed)
+    k = data.num_classes
+    share = torch.bincount(predict(unlearned, data.x_fit, device), minlength=k).float() / len(data.x_fit)
+    amp = torch.tensor(amplified_rates(model, neurons, data.x_fit, data.y_fit, k, device))
+    evidence = share + amp
+    w = evidence / evidence.max()
+    order = w.argsort(descending=True)[:most]
+    return {int(c): float(w[c]) for c in order if w[c] >= min_weight}, [round(float(v), 3) for v in evidence]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("model", help="a model folder made by `onp attack` (benchmarks/zoo/...)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--defense-size", type=int, default=500)
+    p.add_argument("--families", help="comma-separated trigger families (default: all)")
+    p.add_argument("--min-weight", type=float, default=0.3)
+    p.add_argument("--classes", type=int, default=3, help="most classes the triggers aim at")
+    p.add_argument("--fit-steps", type=int, default=40)
+    p.add_argument("--refit-steps", type=int, default=5)
+    p.add_argument("--images", type=int, default=64)
+    p.add_argument("--per-step", type=int, default=2)
+    p.add_argument("--max-steps", type=int, default=20)
+    p.add_argument("--group", action="store_true", help="prune whole residual groups")
+    p.add_argument("--test-images", type=int, default=2000)
+    args = p.parse_args()
+    try:
+        families = make_families(args.families.split(",") if args.families else None)
+    except OnpError as e:
+        p.error(str(e))
+    set_threads(1)
+    device = torch.device("cpu")
+    model, meta = load_model(args.model)
+    root = meta["config"]["data"]["root"]
+    train = create_dataset(meta["data"]["name"], root, "train")
+    idx = defense_split(train.labels, train.num_classes, size=args.defense_size, seed=args.seed)
+    seed_everything(args.seed)
+    data = DefenseData.from_dataset(train.subset(idx), seed=args.seed)
+    neurons = find_neurons(model, data.x_fit[:1])
+    t0 = time.perf_counter()
+    weights, evidence = class_weights(model, neurons, data, args.seed, args.min_weight, args.classes)
+    t_weights = time.perf_counter() - t0
+    cfg = ObjectiveConfig(fit_steps=args.fit_steps, refit_steps=args.refit_steps, images=args.images)
+    objective = AdaptiveObjective(model, neurons, data.x_fit, data.y_fit, families, weights, cfg, device, args.seed)
+    t_fit = time.perf_counter() - t0 - t_weights
+    result = greedy(objective, args.per_step, args.max_steps, group=args.group)
+    t_search = time.perf_counter() - t0 - t_weights - t_fit
+
+    # the search has finished: only now the test set and the trigger are used
+    test = create_dataset(meta["data"]["name"], root, "test")
+    attack = load_attack(args.model, meta)
+    pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:args.test_images]
+    x, y = test.float_images(pick), test.labels[pick]
+    keep = attack.asr_mask(y)
+    xt, yt = attack.apply(x[keep]), attack.target_of(y[keep])
+    print(json.dumps({"model": args.model, "seed": args.seed, "target": meta["attack"]["target_label"],
+                      "evidence": evidence, "weights": weights, "families": list(families),
+                      "seconds": {"weights": round(t_weights), "fit": round(t_fit), "search": round(t_search)}}))
+    print("step pruned fit_acc adversary J | test_acc test_asr | worst trigger")
+    for h, s in zip(result.history, result.sets):
+        m = prune_copy(model, neurons, s)
+        acc = (predict(m, x, device) == y).float().mean().item()
+        asr = (predict(m, xt, device) == yt).float().mean().item()
+        worst = max((k for k in h if k.startswith("success/")), key=lambda k: h[k])
+        mark = " <- best" if torch.equal(s, result.selected) else ""
+        print(f"{h['step']:4d} {h['pruned']:6d} {h['clean_acc']:.3f} {h['adversary']:.3f} {h['value']:.3f} | "
+              f"{acc:.4f} {asr:.4f} | {worst[8:]} {h[worst]:.2f}{mark}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

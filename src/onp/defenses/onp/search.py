@@ -1,0 +1,85 @@
+"""Searches over pruning sets on the adaptive objective (:mod:`.objective`): a greedy baseline.
+
+Greedy: from the empty set, each step ranks the neurons not yet pruned by the first-order change their removal
+makes to the triggers' margins and to the clean loss, under the triggers re-fitted to the current set; prunes the
+best few of them; re-scores. It stops when the clean accuracy falls past the bound, and answers with the best
+set it scored. It is the comparator ONP's learned search must beat (docs/design.md, ONP).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from onp.defenses.onp.objective import AdaptiveObjective
+from onp.utils.progress import ProgressFactory, null_progress
+from onp.utils.runtime import frozen
+
+
+def margins(logits: Tensor, target: int) -> Tensor:
+    """The target's logit minus the largest other logit, per image (positive: the target wins)."""
+    other = logits.clone()
+    other[:, target] = -float("inf")
+    return logits[:, target] - other.max(1).values
+
+
+def removal_scores(objective: AdaptiveObjective, selected: Tensor, clean_weight: float = 1.0,
+                   clean_images: int = 128) -> Tensor:
+    """(N,) how much removing each neuron would weaken the triggers, less ``clean_weight`` times how much it
+    would raise the clean loss, to first order at the current mask; ``-inf`` for neurons already pruned.
+
+    The triggers are weakened through their mean margin (weighted by class), which keeps a gradient when a
+    trigger succeeds with high confidence, where a cross-entropy's vanishes."""
+    obj = objective
+    scale = (~selected).float().to(obj.device).requires_grad_(True)
+    obj.mask.scale = scale
+    with obj.mask.applied(), frozen(obj.model):
+        obj.model.eval()
+        adv = sum(obj.weights[t.target] * margins(obj.model(t.apply(obj.others[t.target].to(obj.device)).detach()),
+                                                  t.target).mean() for t in obj.triggers)
+        (g_adv,) = torch.autograd.grad(adv, scale)
+        x, y = obj.x[:clean_images].to(obj.device), obj.y[:clean_images].to(obj.device)
+        (g_clean,) = torch.autograd.grad(F.cross_entropy(obj.model(x), y), scale)
+    # removing neuron i moves its mask from 1 to 0: the margin changes by about -g_adv[i], the loss by -g_clean[i]
+    score = g_adv - clean_weight * (-g_clean).clamp_min(0)
+    score = score.detach().cpu()
+    score[selected] = -float("inf")
+    return score
+
+
+@dataclass
+class GreedyResult:
+    """The best set the search scored, its value, and every step's metrics."""
+
+    selected: Tensor
+    value: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    sets: list[Tensor] = field(default_factory=list)
+
+
+def greedy(objective: AdaptiveObjective, per_step: int = 2, max_steps: int = 30, clean_weight: float = 1.0,
+           group: bool = False, stop_below: float = 0.05, progress: ProgressFactory = null_progress) -> GreedyResult:
+    """Grow a pruning set ``per_step`` neurons at a time (whole residual groups with ``group``) by
+    :func:`removal_scores`, re-scoring after each step; stop after ``max_steps`` steps or once the clean
+    accuracy is ``stop_below`` under the unpruned one. Answers with the best scored set."""
+    n = len(objective.neurons)
+    selected = torch.zeros(n, dtype=torch.bool)
+    best = GreedyResult(selected.clone(), -float("inf"))
+    with progress(total=max_steps + 1, desc="onp: greedy") as bar:
+        for k in range(max_steps + 1):
+            value, m = objective(selected)
+            best.history.append({"step": k, "pruned": int(selected.sum()), "value": value, **m})
+            best.sets.append(selected.clone())
+            if value > best.value:
+                best.selected, best.value = selected.clone(), value
+            bar.update(1, value=value, adversary=m["adversary"])
+            if k == max_steps or m["clean_acc"] < objective.acc0 - stop_below:
+                break
+            scores = removal_scores(objective, selected, clean_weight)
+            pick = torch.zeros(n, dtype=torch.bool)
+            pick[scores.topk(min(per_step, int((~selected).sum()))).indices] = True
+            selected = selected | (objective.neurons.expand_groups(pick) if group else pick)
+    return best
