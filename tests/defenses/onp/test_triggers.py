@@ -41,6 +41,8 @@ def images(n: int = 64, seed: int = 0) -> torch.Tensor:
 @pytest.mark.parametrize("name", list(make_families()))
 def test_fitting_moves_the_images_to_the_target_and_keeps_them_valid(name: str) -> None:
     fam = make_families([name])[name]
+    if name == "patch":
+        fam.area = 0.1  # 2% of an 8x8 image is about one pixel; this toy needs a few
     x, g = images(), torch.Generator().manual_seed(0)
     model = Bright(0.41)
     trig = new_trigger(fam, 1, SHAPE, g)
@@ -90,3 +92,11 @@ def test_fitting_warm_starts_and_repeats_for_a_seed() -> None:
 def test_unknown_family_lists_the_valid_ones() -> None:
     with pytest.raises(OnpError, match="unknown trigger family 'wave'; valid: patch, additive, lowfreq, stripes"):
         make_families(["additive", "wave"])
+
+
+def test_a_patch_stays_within_its_area() -> None:
+    from onp.defenses.onp.triggers import Patch
+
+    x, g = images(), torch.Generator().manual_seed(0)
+    trig = fit(Bright(0.9), new_trigger(Patch(area=0.05), 1, SHAPE, g), x, 100, g, torch.device("cpu"))
+    assert torch.sigmoid(trig.params["mask"]).mean() <= 0.05 + 0.01, "an unreachable target cannot grow the patch"

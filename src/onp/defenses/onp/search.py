@@ -29,7 +29,8 @@ def margins(logits: Tensor, target: int) -> Tensor:
 def removal_scores(objective: AdaptiveObjective, selected: Tensor, clean_weight: float = 1.0,
                    clean_images: int = 128) -> Tensor:
     """(N,) how much removing each neuron would weaken the triggers, less ``clean_weight`` times how much it
-    would raise the clean loss, to first order at the current mask; ``-inf`` for neurons already pruned.
+    would raise the clean loss (each in units of its spread over the neurons), to first order at the current mask;
+    ``-inf`` for neurons already pruned.
 
     The triggers are weakened through their mean margin (weighted by class), which keeps a gradient when a
     trigger succeeds with high confidence, where a cross-entropy's vanishes."""
@@ -43,9 +44,10 @@ def removal_scores(objective: AdaptiveObjective, selected: Tensor, clean_weight:
         (g_adv,) = torch.autograd.grad(adv, scale)
         x, y = obj.x[:clean_images].to(obj.device), obj.y[:clean_images].to(obj.device)
         (g_clean,) = torch.autograd.grad(F.cross_entropy(obj.model(x), y), scale)
-    # removing neuron i moves its mask from 1 to 0: the margin changes by about -g_adv[i], the loss by -g_clean[i]
-    score = g_adv - clean_weight * (-g_clean).clamp_min(0)
-    score = score.detach().cpu()
+    # removing neuron i moves its mask from 1 to 0: the margin changes by about -g_adv[i], the loss by -g_clean[i];
+    # margins and a loss live on different scales, so each term is divided by its spread over the neurons
+    gain, cost = g_adv.detach().cpu(), (-g_clean).clamp_min(0).detach().cpu()
+    score = gain / gain.std().clamp_min(1e-12) - clean_weight * cost / cost.std().clamp_min(1e-12)
     score[selected] = -float("inf")
     return score
 

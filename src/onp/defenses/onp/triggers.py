@@ -59,13 +59,14 @@ class Family(ABC):
 
 
 class Patch(Family):
-    """A mask and a pattern, ``(1 - m) x + m p``, with an L1 penalty on the mask (Neural Cleanse). ``l1`` is the
-    weight at 32x32 and scales with the image area, so that covering the same fraction costs the same."""
+    """A mask and a pattern, ``(1 - m) x + m p`` (Neural Cleanse), kept small: an L1 penalty on the mask (``l1``,
+    the weight at 32x32, scaled with the image area), and after every step the mask's logits are shifted down
+    until its mean is at most ``area`` (a share of the image)."""
 
     name = "patch"
 
-    def __init__(self, l1: float = 0.01, lr: float = 0.1) -> None:
-        self.l1, self.lr = l1, lr
+    def __init__(self, l1: float = 0.01, area: float = 0.02, lr: float = 0.1) -> None:
+        self.l1, self.area, self.lr = l1, area, lr
 
     def init(self, shape: tuple[int, int, int], generator: torch.Generator) -> dict[str, Tensor]:
         c, h, w = shape
@@ -78,6 +79,16 @@ class Patch(Family):
     def penalty(self, params: dict[str, Tensor]) -> Tensor:
         m = torch.sigmoid(params["mask"])
         return self.l1 * (32 * 32 / m[0].numel()) * m.sum()
+
+    def project(self, params: dict[str, Tensor]) -> None:
+        logits = params["mask"]
+        if torch.sigmoid(logits).mean() <= self.area:
+            return
+        lo, hi = 0.0, float(logits.max() - torch.logit(torch.tensor(self.area))) + 1.0
+        for _ in range(30):  # bisect the shift that brings the mean down to the area
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if torch.sigmoid(logits - mid).mean() > self.area else (lo, mid)
+        logits.sub_(hi)
 
 
 class Additive(Family):
