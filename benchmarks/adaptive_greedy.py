@@ -63,6 +63,9 @@ def main() -> None:
     p.add_argument("--per-step", type=int, default=2)
     p.add_argument("--max-steps", type=int, default=20)
     p.add_argument("--group", action="store_true", help="prune whole residual groups")
+    p.add_argument("--aggregate", default="max", help="max or mean of the weighted trigger successes")
+    p.add_argument("--clean-weight", type=float, default=1.0)
+    p.add_argument("--cost-quantile", type=float, default=1.0, help="only neurons at most this cost quantile")
     p.add_argument("--test-images", type=int, default=2000)
     args = p.parse_args()
     try:
@@ -81,10 +84,12 @@ def main() -> None:
     t0 = time.perf_counter()
     weights, evidence = class_weights(model, neurons, data, args.seed, args.min_weight, args.classes)
     t_weights = time.perf_counter() - t0
-    cfg = ObjectiveConfig(fit_steps=args.fit_steps, refit_steps=args.refit_steps, images=args.images)
+    cfg = ObjectiveConfig(fit_steps=args.fit_steps, refit_steps=args.refit_steps, images=args.images,
+                          aggregate=args.aggregate)
     objective = AdaptiveObjective(model, neurons, data.x_fit, data.y_fit, families, weights, cfg, device, args.seed)
     t_fit = time.perf_counter() - t0 - t_weights
-    result = greedy(objective, args.per_step, args.max_steps, group=args.group)
+    result = greedy(objective, args.per_step, args.max_steps, args.clean_weight, args.group,
+                    cost_quantile=args.cost_quantile)
     t_search = time.perf_counter() - t0 - t_weights - t_fit
 
     # the search has finished: only now the test set and the trigger are used
@@ -94,7 +99,7 @@ def main() -> None:
     x, y = test.float_images(pick), test.labels[pick]
     keep = attack.asr_mask(y)
     xt, yt = attack.apply(x[keep]), attack.target_of(y[keep])
-    print(json.dumps({"model": args.model, "seed": args.seed, "target": meta["attack"]["target_label"],
+    print(json.dumps({"model": args.model, "seed": args.seed, "args": vars(args), "target": meta["attack"]["target_label"],
                       "evidence": evidence, "weights": weights, "families": list(families),
                       "seconds": {"weights": round(t_weights), "fit": round(t_fit), "search": round(t_search)}}))
     print("step pruned fit_acc adversary J | test_acc test_asr | worst trigger")

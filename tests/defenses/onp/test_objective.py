@@ -81,3 +81,25 @@ def test_greedy_cuts_both_paths_and_keeps_the_clean_unit(objective: AdaptiveObje
     assert [h["adversary"] for h in result.history[:3]] == [1.0, 1.0, 0.0], "A alone is not enough once re-fitted"
     assert result.value == max(h["value"] for h in result.history)
     assert float(removal_scores(objective, sel(A, B))[A]) == -float("inf"), "pruned neurons are not offered again"
+
+
+def test_mean_aggregate_and_a_bad_one(objective: AdaptiveObjective) -> None:
+    from onp.errors import OnpError
+
+    objective.weights[1] = 0.5
+    objective.cfg.aggregate = "mean"
+    assert objective.metrics(sel(), refit=False)["adversary"] == 1.0, "a weighted mean of one trigger is its success"
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(10, 1, 4, 4, generator=g), torch.arange(10) % 2
+    with pytest.raises(OnpError, match="unknown aggregate 'sum'; valid: max, mean"):
+        AdaptiveObjective(planted(), find_neurons(planted(), x[:1]), x, y, {"additive": Additive(0.8)}, {1: 1.0},
+                          ObjectiveConfig(aggregate="sum"))
+
+
+def test_costly_neurons_are_not_offered_above_the_cost_quantile(objective: AdaptiveObjective) -> None:
+    from onp.defenses.onp.search import removal_scores
+
+    every = removal_scores(objective, sel())
+    cheap = removal_scores(objective, sel(), cost_quantile=0.0)
+    assert torch.isfinite(every).all()
+    assert torch.isfinite(cheap).sum() >= 1 and (cheap[torch.isfinite(cheap)] == every[torch.isfinite(cheap)]).all()

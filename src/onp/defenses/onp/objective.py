@@ -18,8 +18,11 @@ import torch
 from torch import Tensor, nn
 
 from onp.defenses.onp.triggers import Family, Trigger, fit, new_trigger, success
+from onp.errors import OnpError
 from onp.evaluate import accuracy
 from onp.graph.neurons import NeuronMask, Neurons
+
+AGGREGATES = ("max", "mean")
 
 
 @dataclass
@@ -38,6 +41,9 @@ class ObjectiveConfig:
     """Weight of the clean accuracy lost beyond ``max_drop``."""
     max_drop: float = 0.02
     """Clean-accuracy drop allowed before the penalty starts."""
+    aggregate: str = "max"
+    """How the weighted successes combine into the adversary term: ``"max"`` (the best trigger) or ``"mean"``
+    (weighted mean, which still rewards cutting one trigger while a natural "sink" class stays reachable)."""
 
 
 class AdaptiveObjective:
@@ -56,6 +62,8 @@ class AdaptiveObjective:
                  classes: dict[int, float], cfg: ObjectiveConfig | None = None,
                  device: torch.device | None = None, seed: int = 0) -> None:
         self.model, self.neurons, self.cfg = model.eval(), neurons, cfg or ObjectiveConfig()
+        if self.cfg.aggregate not in AGGREGATES:
+            raise OnpError(f"unknown aggregate {self.cfg.aggregate!r}; valid: {', '.join(AGGREGATES)}")
         self.device = device or torch.device("cpu")
         self.x, self.y = x, y
         self.generator = torch.Generator().manual_seed(seed)
@@ -89,7 +97,11 @@ class AdaptiveObjective:
             acc = accuracy(self.model, self.x, self.y, self.device)
             rates = self._rates(refit)
         self.evaluations += 1
-        adversary = max((self.weights[int(k.rsplit("/", 1)[1])] * v for k, v in rates.items()), default=0.0)
+        weighted = [(self.weights[int(k.rsplit("/", 1)[1])], v) for k, v in rates.items()]
+        if self.cfg.aggregate == "mean":
+            adversary = sum(w * v for w, v in weighted) / max(sum(w for w, _ in weighted), 1e-12)
+        else:
+            adversary = max((w * v for w, v in weighted), default=0.0)
         return {"clean_acc": acc, "adversary": adversary, "pruned_fraction": float(selected.float().mean()),
                 **{f"success/{k}": v for k, v in rates.items()}}
 

@@ -27,10 +27,11 @@ def margins(logits: Tensor, target: int) -> Tensor:
 
 
 def removal_scores(objective: AdaptiveObjective, selected: Tensor, clean_weight: float = 1.0,
-                   clean_images: int = 128) -> Tensor:
+                   clean_images: int = 128, cost_quantile: float = 1.0) -> Tensor:
     """(N,) how much removing each neuron would weaken the triggers, less ``clean_weight`` times how much it
     would raise the clean loss (each in units of its spread over the neurons), to first order at the current mask;
-    ``-inf`` for neurons already pruned.
+    ``-inf`` for neurons already pruned and for those whose clean cost is above the ``cost_quantile`` quantile
+    (a removal is no small step, and the first-order cost of the costliest neurons understates it).
 
     The triggers are weakened through their mean margin (weighted by class), which keeps a gradient when a
     trigger succeeds with high confidence, where a cross-entropy's vanishes."""
@@ -49,6 +50,8 @@ def removal_scores(objective: AdaptiveObjective, selected: Tensor, clean_weight:
     gain, cost = g_adv.detach().cpu(), (-g_clean).clamp_min(0).detach().cpu()
     score = gain / gain.std().clamp_min(1e-12) - clean_weight * cost / cost.std().clamp_min(1e-12)
     score[selected] = -float("inf")
+    if cost_quantile < 1.0:
+        score[cost > cost[~selected].quantile(cost_quantile)] = -float("inf")
     return score
 
 
@@ -63,7 +66,8 @@ class GreedyResult:
 
 
 def greedy(objective: AdaptiveObjective, per_step: int = 2, max_steps: int = 30, clean_weight: float = 1.0,
-           group: bool = False, stop_below: float = 0.05, progress: ProgressFactory = null_progress) -> GreedyResult:
+           group: bool = False, stop_below: float = 0.05, cost_quantile: float = 1.0,
+           progress: ProgressFactory = null_progress) -> GreedyResult:
     """Grow a pruning set ``per_step`` neurons at a time (whole residual groups with ``group``) by
     :func:`removal_scores`, re-scoring after each step; stop after ``max_steps`` steps or once the clean
     accuracy is ``stop_below`` under the unpruned one. Answers with the best scored set."""
@@ -80,7 +84,7 @@ def greedy(objective: AdaptiveObjective, per_step: int = 2, max_steps: int = 30,
             bar.update(1, value=value, adversary=m["adversary"])
             if k == max_steps or m["clean_acc"] < objective.acc0 - stop_below:
                 break
-            scores = removal_scores(objective, selected, clean_weight)
+            scores = removal_scores(objective, selected, clean_weight, cost_quantile=cost_quantile)
             pick = torch.zeros(n, dtype=torch.bool)
             pick[scores.topk(min(per_step, int((~selected).sum()))).indices] = True
             selected = selected | (objective.neurons.expand_groups(pick) if group else pick)
