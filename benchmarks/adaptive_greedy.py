@@ -99,8 +99,8 @@ def main() -> None:
     x, y = test.float_images(pick), test.labels[pick]
     keep = attack.asr_mask(y)
     xt, yt = attack.apply(x[keep]), attack.target_of(y[keep])
-    print(json.dumps({"model": args.model, "seed": args.seed, "args": vars(args), "target": meta["attack"]["target_label"],
-                      "evidence": evidence, "weights": weights, "families": list(families),
+    print(json.dumps({"model": args.model, "seed": args.seed, "args": vars(args),
+                      "target": meta["attack"]["target_label"], "evidence": evidence, "weights": weights, "families": list(families),
                       "seconds": {"weights": round(t_weights), "fit": round(t_fit), "search": round(t_search)}}))
     print("step pruned fit_acc adversary J | test_acc test_asr | worst trigger")
     for h, s in zip(result.history, result.sets):
