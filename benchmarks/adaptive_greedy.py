@@ -15,17 +15,19 @@ trigger success, J, and the test ACC/ASR of that set (``--test-images``). A few 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import time
 
 import torch
 
 from onp.artifacts import load_attack, load_model
+from onp.bench.runner import read_results
 from onp.data import create_dataset, defense_split
 from onp.defenses.base import DefenseData
 from onp.defenses.onp.objective import AdaptiveObjective, ObjectiveConfig
 from onp.defenses.onp.probes import amplified_rates
-from onp.defenses.onp.search import greedy
+from onp.defenses.onp.search import greedy, ranked_greedy
 from onp.defenses.onp.triggers import make_families
 from onp.defenses.pruning import prune_copy
 from onp.errors import OnpError
@@ -67,6 +69,9 @@ def main() -> None:
     p.add_argument("--clean-weight", type=float, default=1.0)
     p.add_argument("--cost-quantile", type=float, default=1.0, help="only neurons at most this cost quantile")
     p.add_argument("--test-images", type=int, default=2000)
+    p.add_argument("--ranking", nargs=2, metavar=("RESULTS", "ROW"),
+                   help="search with ranked_greedy over the ranking_head of the row of RESULTS whose id matches ROW")
+    p.add_argument("--window", type=int, default=8, help="ranked_greedy: candidates tried per step")
     args = p.parse_args()
     try:
         families = make_families(args.families.split(",") if args.families else None)
@@ -88,8 +93,15 @@ def main() -> None:
                           aggregate=args.aggregate)
     objective = AdaptiveObjective(model, neurons, data.x_fit, data.y_fit, families, weights, cfg, device, args.seed)
     t_fit = time.perf_counter() - t0 - t_weights
-    result = greedy(objective, args.per_step, args.max_steps, args.clean_weight, args.group,
-                    cost_quantile=args.cost_quantile)
+    if args.ranking:
+        rows = [r for r in read_results(args.ranking[0]) if fnmatch.fnmatchcase(r["id"], args.ranking[1])]
+        if len(rows) != 1 or not rows[0].get("ranking_head"):
+            p.error(f"{len(rows)} rows of {args.ranking[0]} match {args.ranking[1]!r}; one with a ranking_head needed")
+        ranking = torch.tensor(rows[0]["ranking_head"], dtype=torch.long)
+        result = ranked_greedy(objective, ranking, args.window, args.max_steps)
+    else:
+        result = greedy(objective, args.per_step, args.max_steps, args.clean_weight, args.group,
+                        cost_quantile=args.cost_quantile)
     t_search = time.perf_counter() - t0 - t_weights - t_fit
 
     # the search has finished: only now the test set and the trigger are used
@@ -100,7 +112,8 @@ def main() -> None:
     keep = attack.asr_mask(y)
     xt, yt = attack.apply(x[keep]), attack.target_of(y[keep])
     print(json.dumps({"model": args.model, "seed": args.seed, "args": vars(args),
-                      "target": meta["attack"]["target_label"], "evidence": evidence, "weights": weights, "families": list(families),
+                      "target": meta["attack"]["target_label"], "evidence": evidence, "weights": weights,
+                      "families": list(families),
                       "seconds": {"weights": round(t_weights), "fit": round(t_fit), "search": round(t_search)}}))
     print("step pruned fit_acc adversary J | test_acc test_asr | worst trigger")
     for h, s in zip(result.history, result.sets):

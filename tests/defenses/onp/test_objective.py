@@ -103,3 +103,14 @@ def test_costly_neurons_are_not_offered_above_the_cost_quantile(objective: Adapt
     cheap = removal_scores(objective, sel(), cost_quantile=0.0)
     assert torch.isfinite(every).all()
     assert torch.isfinite(cheap).sum() >= 1 and (cheap[torch.isfinite(cheap)] == every[torch.isfinite(cheap)]).all()
+
+
+def test_ranked_greedy_skips_a_candidate_that_does_not_help(objective: AdaptiveObjective) -> None:
+    """Given the ranking C, A, B (C reaches no logit) and triggers that are not re-fitted (they ride A), it tries C
+    and A and takes A, where a prefix of the ranking would have pruned C first; the best set is A alone."""
+    from onp.defenses.onp.search import ranked_greedy
+
+    objective.cfg.refit_steps = 0
+    result = ranked_greedy(objective, torch.tensor([C, A, B]), window=2, max_steps=2)
+    assert [s.nonzero().flatten().tolist() for s in result.sets] == [[], [A], [A, C]]
+    assert result.selected.tolist() == [True, False, False]

@@ -89,3 +89,33 @@ def greedy(objective: AdaptiveObjective, per_step: int = 2, max_steps: int = 30,
             pick[scores.topk(min(per_step, int((~selected).sum()))).indices] = True
             selected = selected | (objective.neurons.expand_groups(pick) if group else pick)
     return best
+
+
+def ranked_greedy(objective: AdaptiveObjective, ranking: Tensor, window: int = 8, max_steps: int = 30,
+                  stop_below: float = 0.05, progress: ProgressFactory = null_progress) -> GreedyResult:
+    """Grow a pruning set one neuron at a time from the first ``window`` unpruned neurons of ``ranking``, each
+    scored by ``J`` against the current triggers (no re-fit), the best added, then the triggers re-fitted."""
+    n = len(objective.neurons)
+    selected = torch.zeros(n, dtype=torch.bool)
+    best = GreedyResult(selected.clone(), -float("inf"))
+    with progress(total=max_steps + 1, desc="onp: ranked greedy") as bar:
+        for k in range(max_steps + 1):
+            value, m = objective(selected)
+            best.history.append({"step": k, "pruned": int(selected.sum()), "value": value, **m})
+            best.sets.append(selected.clone())
+            if value > best.value:
+                best.selected, best.value = selected.clone(), value
+            bar.update(1, value=value, adversary=m["adversary"])
+            if k == max_steps or m["clean_acc"] < objective.acc0 - stop_below:
+                break
+            candidates = [int(i) for i in ranking if not selected[int(i)]][:window]
+            if not candidates:
+                break
+            trial = []
+            for c in candidates:
+                s = selected.clone()
+                s[c] = True
+                trial.append(objective(s, refit=False)[0])
+            selected = selected.clone()
+            selected[candidates[max(range(len(trial)), key=trial.__getitem__)]] = True
+    return best
