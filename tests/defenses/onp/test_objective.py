@@ -36,7 +36,7 @@ def objective() -> AdaptiveObjective:
     y = torch.zeros(200, dtype=torch.long)
     y[:100] = 1  # labels only decide which images a trigger toward 1 is scored on (the class-0 half)
     model = planted()
-    cfg = ObjectiveConfig(fit_steps=2, refit_steps=8, images=64)
+    cfg = ObjectiveConfig(fit_steps=2, refit_steps=8, images=64, rate=None)  # full strength: a 0-or-1 toy
     return AdaptiveObjective(model, find_neurons(model, x[:1]), x, y, {"additive": Additive(0.8)}, {1: 1.0}, cfg)
 
 

@@ -100,3 +100,20 @@ def test_a_patch_stays_within_its_area() -> None:
     x, g = images(), torch.Generator().manual_seed(0)
     trig = fit(Bright(0.9), new_trigger(Patch(area=0.05), 1, SHAPE, g), x, 100, g, torch.device("cpu"))
     assert torch.sigmoid(trig.params["mask"]).mean() <= 0.05 + 0.01, "an unreachable target cannot grow the patch"
+
+
+def test_calibrate_weakens_a_saturated_trigger_and_the_strength_survives_a_refit() -> None:
+    from onp.defenses.onp.triggers import calibrate
+
+    g = torch.Generator().manual_seed(0)
+    x = 0.3 + 0.2 * torch.rand((200, *SHAPE), generator=g)  # brightness spread, so that strength sets a rate
+    model, dev = Bright(0.45), torch.device("cpu")
+    trig = fit(model, new_trigger(Additive(0.3), 1, SHAPE, g), x, 20, g, dev)
+    assert success(model, trig, x, dev) == 1.0
+    calibrate(model, trig, x, dev, rate=0.6, iterations=12)
+    assert 0 < trig.strength < 1 and abs(success(model, trig, x, dev) - 0.6) < 0.05
+    strength = trig.strength
+    fit(model, trig, x, 3, g, dev)
+    assert trig.strength == strength, "re-fitting moves the parameters, not the budget"
+    weak = new_trigger(Additive(0.3), 1, SHAPE, g)  # zero perturbation: success 0, kept whole
+    assert calibrate(model, weak, x, dev).strength == 1.0

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from onp.defenses.onp.triggers import Family, Trigger, fit, new_trigger, success
+from onp.defenses.onp.triggers import Family, Trigger, calibrate, fit, new_trigger, success
 from onp.errors import OnpError
 from onp.evaluate import accuracy
 from onp.graph.neurons import NeuronMask, Neurons
@@ -41,6 +41,9 @@ class ObjectiveConfig:
     """Weight of the clean accuracy lost beyond ``max_drop``."""
     max_drop: float = 0.02
     """Clean-accuracy drop allowed before the penalty starts."""
+    rate: float | None = 0.6
+    """Each trigger's strength is calibrated on the unpruned network to about this success rate (``None``: full
+    strength); it stays fixed while the trigger is re-fitted."""
     aggregate: str = "max"
     """How the weighted successes combine into the adversary term: ``"max"`` (the best trigger) or ``"mean"``
     (weighted mean, which still rewards cutting one trigger while a natural "sink" class stays reachable)."""
@@ -78,6 +81,8 @@ class AdaptiveObjective:
                                         for f in families.values() for c in classes]
         for t in self.triggers:
             fit(model, t, self.others[t.target], self.cfg.fit_steps, self.generator, self.device)
+            if self.cfg.rate is not None:
+                calibrate(model, t, self.others[t.target], self.device, self.cfg.rate)
         self.acc0 = accuracy(model, x, y, self.device)
         self.evaluations = 0
 

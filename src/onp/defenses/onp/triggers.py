@@ -25,14 +25,16 @@ from onp.utils.runtime import frozen
 
 @dataclass
 class Trigger:
-    """One family's trigger toward ``target``: its parameters (optimized in place) and the family that pastes it."""
+    """One family's trigger toward ``target``: its parameters (optimized in place), the family that pastes it, and
+    its strength in (0, 1] (scales the perturbation, the mask or the blend; see :func:`calibrate`)."""
 
     family: Family
     target: int
     params: dict[str, Tensor] = field(default_factory=dict)
+    strength: float = 1.0
 
     def apply(self, x: Tensor) -> Tensor:
-        return self.family.apply(self.params, x)
+        return self.family.apply(self.params, x, self.strength)
 
 
 class Family(ABC):
@@ -47,8 +49,8 @@ class Family(ABC):
         """Starting parameters for images of ``shape`` (C, H, W)."""
 
     @abstractmethod
-    def apply(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
-        """``x`` (B, C, H, W) in [0, 1] with the trigger pasted, still in [0, 1]."""
+    def apply(self, params: dict[str, Tensor], x: Tensor, strength: float = 1.0) -> Tensor:
+        """``x`` (B, C, H, W) in [0, 1] with the trigger pasted at ``strength``, still in [0, 1]."""
 
     def penalty(self, params: dict[str, Tensor]) -> Tensor | float:
         """Added to the loss while optimizing (a size penalty); 0 for bounded families."""
@@ -72,8 +74,8 @@ class Patch(Family):
         c, h, w = shape
         return {"mask": torch.full((1, h, w), -3.0), "pattern": torch.randn((c, h, w), generator=generator) * 0.1}
 
-    def apply(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
-        m = torch.sigmoid(params["mask"])
+    def apply(self, params: dict[str, Tensor], x: Tensor, strength: float = 1.0) -> Tensor:
+        m = strength * torch.sigmoid(params["mask"])
         return (1 - m) * x + m * torch.sigmoid(params["pattern"])
 
     def penalty(self, params: dict[str, Tensor]) -> Tensor:
@@ -103,11 +105,11 @@ class Additive(Family):
         r = self.resolution
         return {"delta": torch.zeros((c, h, w) if r is None else (c, r, r))}
 
-    def apply(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+    def apply(self, params: dict[str, Tensor], x: Tensor, strength: float = 1.0) -> Tensor:
         d = params["delta"]
         if self.resolution is not None:
             d = F.interpolate(d[None], size=x.shape[-2:], mode="bilinear", align_corners=False)[0]
-        return (x + d).clamp(0, 1)
+        return (x + strength * d).clamp(0, 1)
 
     def project(self, params: dict[str, Tensor]) -> None:
         params["delta"].clamp_(-self.eps, self.eps)
@@ -126,8 +128,8 @@ class Stripes(Family):
         c, h, w = shape
         return {"cols": torch.zeros(c, 1, w), "rows": torch.zeros(c, h, 1)}
 
-    def apply(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
-        return (x + (params["cols"] + params["rows"]).clamp(-self.eps, self.eps)).clamp(0, 1)
+    def apply(self, params: dict[str, Tensor], x: Tensor, strength: float = 1.0) -> Tensor:
+        return (x + strength * (params["cols"] + params["rows"]).clamp(-self.eps, self.eps)).clamp(0, 1)
 
     def project(self, params: dict[str, Tensor]) -> None:
         params["cols"].clamp_(-self.eps, self.eps)
@@ -145,8 +147,9 @@ class Blend(Family):
     def init(self, shape: tuple[int, int, int], generator: torch.Generator) -> dict[str, Tensor]:
         return {"pattern": torch.randn(shape, generator=generator) * 0.1}
 
-    def apply(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
-        return (1 - self.alpha) * x + self.alpha * torch.sigmoid(params["pattern"])
+    def apply(self, params: dict[str, Tensor], x: Tensor, strength: float = 1.0) -> Tensor:
+        a = strength * self.alpha
+        return (1 - a) * x + a * torch.sigmoid(params["pattern"])
 
 
 def default_families() -> dict[str, Family]:
@@ -205,3 +208,19 @@ def success(model: nn.Module, trigger: Trigger, x: Tensor, device: torch.device)
     if not len(x):
         return 0.0
     return (predict(model, trigger.apply(x.to(device)), device, 500) == trigger.target).float().mean().item()
+
+
+def calibrate(model: nn.Module, trigger: Trigger, x: Tensor, device: torch.device, rate: float = 0.6,
+              iterations: int = 8) -> Trigger:
+    """Weaken ``trigger`` (bisect its strength in (0, 1]) until it sends about ``rate`` of ``x`` to its target; a
+    trigger weaker than that keeps full strength. A saturated trigger succeeds whatever is pruned and so cannot
+    register a pruning (docs/design.md, ONP); the strength then stays fixed while the trigger is re-fitted."""
+    trigger.strength = 1.0
+    if success(model, trigger, x, device) <= rate:
+        return trigger
+    lo, hi = 0.0, 1.0
+    for _ in range(iterations):
+        trigger.strength = (lo + hi) / 2
+        lo, hi = (lo, trigger.strength) if success(model, trigger, x, device) > rate else (trigger.strength, hi)
+    trigger.strength = hi
+    return trigger
