@@ -1,13 +1,17 @@
-"""Searches over pruning sets on the adaptive objective (:mod:`.objective`): a greedy baseline.
+"""Searches over pruning sets on the adaptive objective (:mod:`.objective`), the comparators ONP's learned search
+must beat (docs/design.md, ONP, second design).
 
-Greedy: from the empty set, each step ranks the neurons not yet pruned by the first-order change their removal
-makes to the triggers' margins and to the clean loss, under the triggers re-fitted to the current set; prunes the
-best few of them; re-scores. It stops when the clean accuracy falls past the bound, and answers with the best
-set it scored. It is the comparator ONP's learned search must beat (docs/design.md, ONP).
+:func:`greedy`: each step ranks the neurons not yet pruned by the first-order change their removal makes to the
+triggers' margins and to the clean loss, under the triggers re-fitted to the current set, and prunes the best few.
+:func:`ranked_greedy`: each step tries the next few neurons of a given ranking one by one against the triggers as
+they stand (a forward pass each) and adds the best; unlike a prefix of the ranking, it can skip a costly neuron.
+Both re-score after every step, stop when the clean accuracy falls past the bound, and answer with the best set
+they scored.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -65,16 +69,13 @@ class GreedyResult:
     sets: list[Tensor] = field(default_factory=list)
 
 
-def greedy(objective: AdaptiveObjective, per_step: int = 2, max_steps: int = 30, clean_weight: float = 1.0,
-           group: bool = False, stop_below: float = 0.05, cost_quantile: float = 1.0,
-           progress: ProgressFactory = null_progress) -> GreedyResult:
-    """Grow a pruning set ``per_step`` neurons at a time (whole residual groups with ``group``) by
-    :func:`removal_scores`, re-scoring after each step; stop after ``max_steps`` steps or once the clean
-    accuracy is ``stop_below`` under the unpruned one. Answers with the best scored set."""
-    n = len(objective.neurons)
-    selected = torch.zeros(n, dtype=torch.bool)
+def _grow(objective: AdaptiveObjective, propose: Callable[[Tensor], Tensor], max_steps: int, stop_below: float,
+          progress: ProgressFactory, desc: str) -> GreedyResult:
+    """Score the current set (triggers re-fitted), keep the best, and let ``propose`` extend it, until
+    ``max_steps`` steps, a clean accuracy ``stop_below`` under the unpruned one, or nothing left to add."""
+    selected = torch.zeros(len(objective.neurons), dtype=torch.bool)
     best = GreedyResult(selected.clone(), -float("inf"))
-    with progress(total=max_steps + 1, desc="onp: greedy") as bar:
+    with progress(total=max_steps + 1, desc=desc) as bar:
         for k in range(max_steps + 1):
             value, m = objective(selected)
             best.history.append({"step": k, "pruned": int(selected.sum()), "value": value, **m})
@@ -84,38 +85,43 @@ def greedy(objective: AdaptiveObjective, per_step: int = 2, max_steps: int = 30,
             bar.update(1, value=value, adversary=m["adversary"])
             if k == max_steps or m["clean_acc"] < objective.acc0 - stop_below:
                 break
-            scores = removal_scores(objective, selected, clean_weight, cost_quantile=cost_quantile)
-            pick = torch.zeros(n, dtype=torch.bool)
-            pick[scores.topk(min(per_step, int((~selected).sum()))).indices] = True
-            selected = selected | (objective.neurons.expand_groups(pick) if group else pick)
+            grown = propose(selected)
+            if torch.equal(grown, selected):
+                break
+            selected = grown
     return best
+
+
+def greedy(objective: AdaptiveObjective, per_step: int = 2, max_steps: int = 30, clean_weight: float = 1.0,
+           group: bool = False, stop_below: float = 0.05, cost_quantile: float = 1.0,
+           progress: ProgressFactory = null_progress) -> GreedyResult:
+    """Grow a pruning set ``per_step`` neurons at a time (whole residual groups with ``group``) by
+    :func:`removal_scores`."""
+
+    def propose(selected: Tensor) -> Tensor:
+        scores = removal_scores(objective, selected, clean_weight, cost_quantile=cost_quantile)
+        pick = torch.zeros(len(selected), dtype=torch.bool)
+        pick[scores.topk(min(per_step, int(torch.isfinite(scores).sum()))).indices] = True
+        return selected | (objective.neurons.expand_groups(pick) if group else pick)
+
+    return _grow(objective, propose, max_steps, stop_below, progress, "onp: greedy")
 
 
 def ranked_greedy(objective: AdaptiveObjective, ranking: Tensor, window: int = 8, max_steps: int = 30,
                   stop_below: float = 0.05, progress: ProgressFactory = null_progress) -> GreedyResult:
     """Grow a pruning set one neuron at a time from the first ``window`` unpruned neurons of ``ranking``, each
-    scored by ``J`` against the current triggers (no re-fit), the best added, then the triggers re-fitted."""
-    n = len(objective.neurons)
-    selected = torch.zeros(n, dtype=torch.bool)
-    best = GreedyResult(selected.clone(), -float("inf"))
-    with progress(total=max_steps + 1, desc="onp: ranked greedy") as bar:
-        for k in range(max_steps + 1):
-            value, m = objective(selected)
-            best.history.append({"step": k, "pruned": int(selected.sum()), "value": value, **m})
-            best.sets.append(selected.clone())
-            if value > best.value:
-                best.selected, best.value = selected.clone(), value
-            bar.update(1, value=value, adversary=m["adversary"])
-            if k == max_steps or m["clean_acc"] < objective.acc0 - stop_below:
-                break
-            candidates = [int(i) for i in ranking if not selected[int(i)]][:window]
-            if not candidates:
-                break
-            trial = []
-            for c in candidates:
-                s = selected.clone()
-                s[c] = True
-                trial.append(objective(s, refit=False)[0])
-            selected = selected.clone()
-            selected[candidates[max(range(len(trial)), key=trial.__getitem__)]] = True
-    return best
+    scored by ``J`` against the current triggers (no re-fit)."""
+
+    def propose(selected: Tensor) -> Tensor:
+        candidates = [int(i) for i in ranking if not selected[int(i)]][:window]
+        values = []
+        for c in candidates:
+            trial = selected.clone()
+            trial[c] = True
+            values.append(objective(trial, refit=False)[0])
+        grown = selected.clone()
+        if candidates:
+            grown[candidates[max(range(len(values)), key=values.__getitem__)]] = True
+        return grown
+
+    return _grow(objective, propose, max_steps, stop_below, progress, "onp: ranked greedy")
