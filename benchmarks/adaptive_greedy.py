@@ -66,6 +66,7 @@ def main() -> None:
     p.add_argument("--max-steps", type=int, default=20)
     p.add_argument("--group", action="store_true", help="prune whole residual groups")
     p.add_argument("--aggregate", default="max", help="max or mean of the weighted trigger successes")
+    p.add_argument("--warm", default="last", help="re-fits start from the last trigger or the unpruned one (base)")
     p.add_argument("--rate", type=float, default=0.6, help="calibrate each trigger to this rate (0: full strength)")
     p.add_argument("--clean-weight", type=float, default=1.0)
     p.add_argument("--cost-quantile", type=float, default=1.0, help="only neurons at most this cost quantile")
@@ -91,7 +92,7 @@ def main() -> None:
     weights, evidence = class_weights(model, neurons, data, args.seed, args.min_weight, args.classes)
     t_weights = time.perf_counter() - t0
     cfg = ObjectiveConfig(fit_steps=args.fit_steps, refit_steps=args.refit_steps, images=args.images,
-                          aggregate=args.aggregate, rate=args.rate or None)
+                          aggregate=args.aggregate, rate=args.rate or None, warm=args.warm)
     objective = AdaptiveObjective(model, neurons, data.x_fit, data.y_fit, families, weights, cfg, device, args.seed)
     t_fit = time.perf_counter() - t0 - t_weights
     if args.ranking:

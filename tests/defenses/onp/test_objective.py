@@ -114,3 +114,24 @@ def test_ranked_greedy_skips_a_candidate_that_does_not_help(objective: AdaptiveO
     result = ranked_greedy(objective, torch.tensor([C, A, B]), window=2, max_steps=2)
     assert [s.nonzero().flatten().tolist() for s in result.sets] == [[], [A], [A, C]]
     assert result.selected.tolist() == [True, False, False]
+
+
+def test_a_base_warm_start_scores_a_set_the_same_whatever_came_before(objective: AdaptiveObjective) -> None:
+    """From the unpruned network's trigger every time, a set's score does not depend on the sets scored before it
+    (the last-trigger warm start accumulates optimization across scores)."""
+    from onp.errors import OnpError
+
+    objective.cfg.warm = "base"
+    first = objective.metrics(sel(A))["success/additive/1"]
+    objective.metrics(sel(B))
+    objective.metrics(sel())
+    objective.generator.manual_seed(0)
+    again = objective.metrics(sel(A))["success/additive/1"]
+    objective.generator.manual_seed(0)
+    assert objective.metrics(sel(A))["success/additive/1"] == again
+    assert first == 1.0 and again == 1.0, "8 steps from the base trigger still find B"
+    with pytest.raises(OnpError, match="unknown warm start 'first'; valid: last, base"):
+        g = torch.Generator().manual_seed(0)
+        x, y = torch.rand(10, 1, 4, 4, generator=g), torch.arange(10) % 2
+        AdaptiveObjective(planted(), find_neurons(planted(), x[:1]), x, y, {"additive": Additive(0.8)}, {1: 1.0},
+                          ObjectiveConfig(warm="first"))

@@ -23,6 +23,7 @@ from onp.evaluate import accuracy
 from onp.graph.neurons import NeuronMask, Neurons
 
 AGGREGATES = ("max", "mean")
+WARM_STARTS = ("last", "base")
 
 
 @dataclass
@@ -44,6 +45,10 @@ class ObjectiveConfig:
     rate: float | None = 0.6
     """Each trigger's strength is calibrated on the unpruned network to about this success rate (``None``: full
     strength); it stays fixed while the trigger is re-fitted."""
+    warm: str = "last"
+    """Where each re-fit starts: ``"last"`` (where the trigger was left by the previous score, so that a sequence of
+    scores accumulates optimization) or ``"base"`` (the calibrated trigger of the unpruned network, every time, so
+    that every set is scored with the same effort)."""
     aggregate: str = "max"
     """How the weighted successes combine into the adversary term: ``"max"`` (the best trigger) or ``"mean"``
     (weighted mean, which still rewards cutting one trigger while a natural "sink" class stays reachable)."""
@@ -67,6 +72,8 @@ class AdaptiveObjective:
         self.model, self.neurons, self.cfg = model.eval(), neurons, cfg or ObjectiveConfig()
         if self.cfg.aggregate not in AGGREGATES:
             raise OnpError(f"unknown aggregate {self.cfg.aggregate!r}; valid: {', '.join(AGGREGATES)}")
+        if self.cfg.warm not in WARM_STARTS:
+            raise OnpError(f"unknown warm start {self.cfg.warm!r}; valid: {', '.join(WARM_STARTS)}")
         self.device = device or torch.device("cpu")
         self.x, self.y = x, y
         self.generator = torch.Generator().manual_seed(seed)
@@ -83,12 +90,17 @@ class AdaptiveObjective:
             fit(model, t, self.others[t.target], self.cfg.fit_steps, self.generator, self.device)
             if self.cfg.rate is not None:
                 calibrate(model, t, self.others[t.target], self.device, self.cfg.rate)
+        self.base = [{k: v.detach().clone() for k, v in t.params.items()} for t in self.triggers]
         self.acc0 = accuracy(model, x, y, self.device)
         self.evaluations = 0
 
     def _rates(self, refit: bool) -> dict[str, float]:
         out = {}
-        for t in self.triggers:
+        for t, base in zip(self.triggers, self.base):
+            if refit and self.cfg.warm == "base":
+                with torch.no_grad():
+                    for k, v in base.items():
+                        t.params[k].copy_(v)
             if refit:
                 fit(self.model, t, self.others[t.target], self.cfg.refit_steps, self.generator, self.device)
             out[f"{t.family.name}/{t.target}"] = success(self.model, t, self.others[t.target], self.device)
