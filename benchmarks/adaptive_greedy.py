@@ -22,8 +22,8 @@ import time
 import torch
 
 from onp.artifacts import load_attack, load_model
-from onp.bench.runner import read_results
-from onp.data import create_dataset, defense_split
+from onp.bench.runner import read_results, test_sample
+from onp.data import create_dataset
 from onp.defenses.base import DefenseData
 from onp.defenses.onp.objective import AdaptiveObjective, ObjectiveConfig
 from onp.defenses.onp.probes import amplified_rates
@@ -33,8 +33,9 @@ from onp.defenses.pruning import prune_copy
 from onp.errors import OnpError
 from onp.evaluate import predict
 from onp.graph import find_neurons
+from onp.pipeline import defense_data
 from onp.scores import unlearn
-from onp.utils.runtime import seed_everything, set_threads
+from onp.utils.runtime import set_threads
 
 
 def class_weights(model: torch.nn.Module, neurons, data: DefenseData, seed: int, min_weight: float,  # noqa: ANN001
@@ -84,9 +85,7 @@ def main() -> None:
     model, meta = load_model(args.model)
     root = meta["config"]["data"]["root"]
     train = create_dataset(meta["data"]["name"], root, "train")
-    idx = defense_split(train.labels, train.num_classes, size=args.defense_size, seed=args.seed)
-    seed_everything(args.seed)
-    data = DefenseData.from_dataset(train.subset(idx), seed=args.seed)
+    data, _ = defense_data(train, size=args.defense_size, seed=args.seed)
     neurons = find_neurons(model, data.x_fit[:1])
     t0 = time.perf_counter()
     weights, evidence = class_weights(model, neurons, data, args.seed, args.min_weight, args.classes)
@@ -109,10 +108,7 @@ def main() -> None:
     # the search has finished: only now the test set and the trigger are used
     test = create_dataset(meta["data"]["name"], root, "test")
     attack = load_attack(args.model, meta)
-    pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:args.test_images]
-    x, y = test.float_images(pick), test.labels[pick]
-    keep = attack.asr_mask(y)
-    xt, yt = attack.apply(x[keep]), attack.target_of(y[keep])
+    x, y, xt, yt = test_sample(test, attack, args.test_images)
     print(json.dumps({"model": args.model, "seed": args.seed, "args": vars(args),
                       "target": meta["attack"]["target_label"], "evidence": evidence, "weights": weights,
                       "families": list(families),

@@ -75,6 +75,19 @@ class DefenseOutcome:
         return report
 
 
+def defense_data(clean: ImageDataset, size: int | None = None, fraction: float | None = None, seed: int = 0
+                 ) -> tuple[DefenseData, torch.Tensor]:
+    """The defender's images: ``size`` or ``fraction`` of ``clean`` drawn class-balanced with ``seed`` (all of it
+    when both are ``None``), everything seeded, then split into fit and held-out parts; and the indices drawn."""
+    if size is not None or fraction is not None:
+        idx = defense_split(clean.labels, clean.num_classes, size=size, fraction=fraction, seed=seed)
+        pool = clean.subset(idx)
+    else:
+        idx, pool = torch.arange(len(clean)), clean
+    seed_everything(seed)
+    return DefenseData.from_dataset(pool, seed=seed), idx
+
+
 def defend(model: nn.Module, defense: Defense, clean: ImageDataset, *, size: int | None = None,
            fraction: float | None = None, seed: int = 0, device: torch.device | None = None,
            progress: ProgressFactory = null_progress, cache_dir: str | None = None, source: str = "train split",
@@ -96,13 +109,7 @@ def defend(model: nn.Module, defense: Defense, clean: ImageDataset, *, size: int
             ``before`` is the original model's metrics when already known (else measured too).
     """
     device = device or torch.device("cpu")
-    if size is not None or fraction is not None:
-        idx = defense_split(clean.labels, clean.num_classes, size=size, fraction=fraction, seed=seed)
-        pool = clean.subset(idx)
-    else:
-        idx, pool = torch.arange(len(clean)), clean
-    seed_everything(seed)
-    data = DefenseData.from_dataset(pool, seed=seed)
+    data, idx = defense_data(clean, size, fraction, seed)
     ctx = DefenseContext(device, seed, progress, cache_dir)
     t0 = time.perf_counter()
     result = defense.repair(model, data, ctx)

@@ -151,6 +151,16 @@ def run_defense_cell(spec: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def test_sample(test: ImageDataset, attack: Attack, images: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A fixed draw of ``images`` test images and labels, and the triggered copies of those that count for the
+    attack with their attack labels (for curves measured after a defense)."""
+    pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:images]
+    x, y = test.float_images(pick), test.labels[pick]
+    keep = attack.asr_mask(y)
+    return x, y, attack.apply(x[keep]), attack.target_of(y[keep])
+
+
 def test_pruning_curve(model: torch.nn.Module, pruning: Pruning, granularity: str, test: ImageDataset,
                        attack: Attack, device: torch.device, images: int) -> list[dict[str, float]]:
     """Test ACC and ASR as the defense's ranking is pruned further (measured after the defense finished), at up
@@ -158,11 +168,7 @@ def test_pruning_curve(model: torch.nn.Module, pruning: Pruning, granularity: st
     ks = sorted({int(p["k"]) for p in pruning.curve})
     if len(ks) > 12:
         ks = [ks[i] for i in torch.linspace(0, len(ks) - 1, 12).round().long().tolist()]
-    g = torch.Generator().manual_seed(0)
-    pick = torch.randperm(len(test), generator=g)[:images]
-    x, y = test.float_images(pick), test.labels[pick]
-    keep = attack.asr_mask(y)
-    xt, yt = attack.apply(x[keep]), attack.target_of(y[keep])
+    x, y, xt, yt = test_sample(test, attack, images)
 
     def metric(m: torch.nn.Module) -> dict[str, float]:
         def acc(xx: torch.Tensor, yy: torch.Tensor) -> float:

@@ -94,8 +94,8 @@ class AdaptiveObjective:
         self.acc0 = accuracy(model, x, y, self.device)
         self.evaluations = 0
 
-    def _rates(self, refit: bool) -> dict[str, float]:
-        out = {}
+    def _rates(self, refit: bool) -> list[tuple[Trigger, float]]:
+        out = []
         for t, base in zip(self.triggers, self.base):
             if refit and self.cfg.warm == "base":
                 with torch.no_grad():
@@ -103,7 +103,7 @@ class AdaptiveObjective:
                         t.params[k].copy_(v)
             if refit:
                 fit(self.model, t, self.others[t.target], self.cfg.refit_steps, self.generator, self.device)
-            out[f"{t.family.name}/{t.target}"] = success(self.model, t, self.others[t.target], self.device)
+            out.append((t, success(self.model, t, self.others[t.target], self.device)))
         return out
 
     def metrics(self, selected: Tensor, refit: bool = True) -> dict[str, float]:
@@ -114,13 +114,13 @@ class AdaptiveObjective:
             acc = accuracy(self.model, self.x, self.y, self.device)
             rates = self._rates(refit)
         self.evaluations += 1
-        weighted = [(self.weights[int(k.rsplit("/", 1)[1])], v) for k, v in rates.items()]
+        weighted = [(self.weights[t.target], v) for t, v in rates]
         if self.cfg.aggregate == "mean":
             adversary = sum(w * v for w, v in weighted) / max(sum(w for w, _ in weighted), 1e-12)
         else:
             adversary = max((w * v for w, v in weighted), default=0.0)
         return {"clean_acc": acc, "adversary": adversary, "pruned_fraction": float(selected.float().mean()),
-                **{f"success/{k}": v for k, v in rates.items()}}
+                **{f"success/{t.family.name}/{t.target}": v for t, v in rates}}
 
     def value(self, m: dict[str, float]) -> float:
         """``J`` of metrics ``m``."""
