@@ -4,7 +4,7 @@ it visits does to the real backdoor (measured on the test set only after the sea
     .venv/bin/python benchmarks/adaptive_greedy.py benchmarks/zoo/cifar10-resnet18w16-sig --seed 0
 
 Class weights come from clean images only: the share of the fit images RNP's unlearned model sends to each class
-plus the share amplifying CLP's top neurons sends there (``onp.defenses.onp.probes.amplified_rates``), divided by
+plus the share amplifying CLP's top neurons sends there (``onp.defenses.onp.evidence.amplified_rates``), divided by
 the largest; classes of at least ``--min-weight`` are kept (at most ``--classes``). Then the adaptive objective
 (``onp.defenses.onp.objective``) is built on the fit images with the chosen trigger families, and the greedy
 search (``onp.defenses.onp.search.greedy``) grows a pruning set. Prints the weights (and the true target from the
@@ -26,7 +26,7 @@ from onp.bench.runner import read_results, test_sample
 from onp.data import create_dataset
 from onp.defenses.base import DefenseData
 from onp.defenses.onp.objective import AdaptiveObjective, ObjectiveConfig
-from onp.defenses.onp.probes import amplified_rates
+from onp.defenses.onp.evidence import amplified_rates
 from onp.defenses.onp.search import greedy, ranked_greedy
 from onp.defenses.onp.triggers import make_families
 from onp.defenses.pruning import prune_copy

@@ -6,7 +6,7 @@ per-layer z-scores of the channel Lipschitz bound, data-free) and count the clas
 Prints, per model, for each number of amplified neurons ``k`` and gain ``a``, the class most of the defender's
 500 clean images (the benchmark's seed-0 split) are sent to, and how many. A backdoor's neurons, amplified,
 should push to its target (docs/design.md, ONP, SIG and LC). Seconds per model on one core. ONP's target estimate
-uses the k=10, a=4 setting, counted over the other classes' fit images (``onp.defenses.onp.probes.amplified_rates``).
+uses the k=10, a=4 setting, counted over the other classes' fit images (``onp.defenses.onp.evidence.amplified_rates``).
 """
 
 from __future__ import annotations

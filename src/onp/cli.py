@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", help="the user architecture file, for models that use one")
     p.add_argument("--no-eval", action="store_true", help="skip the test-set evaluation afterwards")
     p.add_argument("--slim", action="store_true", help="physically remove pruned channels (Torch-Pruning)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="defense hyperparameter, e.g. updates=20")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="defense hyperparameter, e.g. max_steps=30")
     _common(p)
     p.set_defaults(func=cmd_defend)
 

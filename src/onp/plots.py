@@ -1,4 +1,4 @@
-"""Plots a person would rather look at than read: reward curves, pruning curves, ASR against ACC."""
+"""Plots a person would rather look at than read: search curves, pruning curves, ASR against ACC."""
 
 from __future__ import annotations
 
@@ -15,22 +15,20 @@ def _plt():  # noqa: ANN202 - matplotlib takes a while to import, and only the p
     return plt
 
 
-def plot_reward_curve(history: list[dict[str, Any]], path: str | Path, title: str = "") -> None:
-    """ONP's policy search: mean and best reward, clean accuracy and probe rate of the sampled episodes."""
+def plot_search_curve(history: list[dict[str, Any]], path: str | Path, title: str = "") -> None:
+    """ONP's search, step by step: the objective J, and the fit-set accuracy and the triggers' weighted success
+    (the adversary) of each set it scored, against the neurons pruned."""
     plt = _plt()
-    x = [h["update"] for h in history]
+    x = [h["pruned"] for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
-    a.plot(x, [h["reward/mean"] for h in history], label="mean episode return")
-    a.plot(x, [h["reward/best"] for h in history], label="best return so far")
-    a.set_xlabel("policy update")
-    a.set_ylabel("return (R(S) - R(empty))")
-    a.legend(fontsize=8)
-    b.plot(x, [100 * h["episode/clean_acc"] for h in history], label="clean acc (%)")
-    b.plot(x, [100 * h["episode/probe_rate"] for h in history], label="probe rate (%)")
-    b.plot(x, [100 * h["episode/pruned_fraction"] for h in history], label="pruned (%)")
-    b.set_xlabel("policy update")
+    a.plot(x, [h["value"] for h in history], marker=".", label="J")
+    a.set_xlabel("neurons pruned")
+    a.set_ylabel("objective J")
+    b.plot(x, [100 * h["clean_acc"] for h in history], label="clean acc, fit images (%)")
+    b.plot(x, [100 * h["adversary"] for h in history], label="re-fitted triggers' success (%)")
+    b.set_xlabel("neurons pruned")
     b.legend(fontsize=8)
-    fig.suptitle(f"{title} reward curve".strip())
+    fig.suptitle(f"{title} search curve".strip())
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -94,11 +92,11 @@ def plot_bars(table: dict[str, dict[str, tuple[float, float]]], attacks: list[st
     plt.close(fig)
 
 
-def plot_reward_curves(rows: list[dict[str, Any]], path: str | Path) -> None:
-    """The policy's mean episode return over updates: one panel per defense that learns one (ONP, its no-GNN
-    ablation), one color per attack, one line style per seed."""
+def plot_search_curves(rows: list[dict[str, Any]], path: str | Path) -> None:
+    """The objective J of each set the search scored against the neurons pruned: one panel per defense that
+    searches (ONP and its comparators), one color per attack, one line style per seed."""
     plt = _plt()
-    by_defense = _by([r for r in rows if r.get("reward_curve")], "defense")
+    by_defense = _by([r for r in rows if r.get("selection_curve")], "defense")
     if not by_defense:
         return
     attacks = list(dict.fromkeys(r["attack"]["name"] for rs in by_defense.values() for r in rs))
@@ -107,15 +105,15 @@ def plot_reward_curves(rows: list[dict[str, Any]], path: str | Path) -> None:
     fig, axes = plt.subplots(1, len(by_defense), figsize=(5 * len(by_defense), 3.6), squeeze=False, sharey=True)
     for ax, (d, rs) in zip(axes.flat, by_defense.items()):
         for r in rs:
-            curve = r["reward_curve"]
-            ax.plot([h["update"] for h in curve], [h["reward/mean"] for h in curve], alpha=0.85,
+            curve = r["selection_curve"]
+            ax.plot([h["pruned"] for h in curve], [h["value"] for h in curve], alpha=0.85,
                     color=f"C{attacks.index(r['attack']['name']) % 10}",
                     linestyle=styles[seeds.index(r["seed"]) % len(styles)],
                     label=f"{r['attack']['name']} s{r['seed']}")
         ax.set_title(d, fontsize=9)
-        ax.set_xlabel("policy update", fontsize=8)
+        ax.set_xlabel("neurons pruned", fontsize=8)
         ax.grid(alpha=0.3)
-    axes.flat[0].set_ylabel("mean episode return", fontsize=8)
+    axes.flat[0].set_ylabel("objective J", fontsize=8)
     _save_with_legend_beside(fig, axes, path)
     plt.close(fig)
 

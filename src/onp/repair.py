@@ -27,7 +27,7 @@ from onp.graph import find_neurons
 from onp.graph.slim import num_parameters, slim_model
 from onp.models.user import is_user_spec
 from onp.pipeline import DefenseOutcome, defend
-from onp.plots import plot_reward_curve
+from onp.plots import plot_search_curve
 from onp.utils.io import load_tensors, read_json, write_json
 from onp.utils.progress import ProgressFactory, null_progress
 from onp.utils.runtime import provenance, resolve_device
@@ -41,14 +41,14 @@ def _extra_outputs(outcome: DefenseOutcome, report: dict[str, Any]) -> Callable[
 
     def write(folder: Path) -> None:
         write_json(folder / REPORT, report)
-        curve = outcome.result.details.get("reward_curve") or []
+        curve = outcome.result.details.get("search_curve") or []
         if curve:
             buf = io.StringIO()
             w = csv.DictWriter(buf, fieldnames=list(curve[0]))
             w.writeheader()
             w.writerows(curve)
-            (folder / "reward_curve.csv").write_text(buf.getvalue())
-            plot_reward_curve(curve, folder / "reward_curve.png", title=outcome.defense.name)
+            (folder / "search_curve.csv").write_text(buf.getvalue())
+            plot_search_curve(curve, folder / "search_curve.png", title=outcome.defense.name)
 
     return write
 

@@ -16,7 +16,8 @@ from onp.utils.io import save_tensors
 
 ROOT = Path(__file__).resolve().parents[2]
 USER_ARCH = f"{ROOT / 'examples' / 'custom_net.py'}:build"
-FAST = ["--set", "updates=2", "--set", "episodes_per_update=2", "--set", "steps=2", "--set", "anp_iterations=3"]
+FAST = ["--set", "anp_iterations=3", "--set", "max_steps=3", "--set", "window=3", "--set", "fit_steps=5",
+        "--set", "refit_steps=1", "--set", "images=16", "--set", "families=patch,additive"]
 
 
 def write_folder(root: Path, classes: int = 3, per_class: int = 6, size: int = 16, seed: int = 0) -> Path:
@@ -59,7 +60,7 @@ def test_repair_user_architecture_end_to_end(tmp_path: Path, user_weights: Path,
     meta = json.loads((out / "model.json").read_text())
     assert report["method"] == "onp" and report["num_pruned"] == len(report["pruned"])
     assert all({"layer", "index"} <= set(p) for p in report["pruned"])
-    assert report["reward_curve"] and (out / "reward_curve.png").is_file() and (out / "reward_curve.csv").is_file()
+    assert report["search_curve"] and (out / "search_curve.png").is_file() and (out / "search_curve.csv").is_file()
     assert "clean_acc_defense_val" in report and report["wall_time"] > 0
     assert meta["arch"]["name"] == USER_ARCH
     # the repaired weights load into the user's architecture (named again), and the pruned channels are zero

@@ -26,7 +26,8 @@ from onp.errors import OnpError
 from onp.models import create_model
 
 K, WIDTH = 10, 8
-ONP_FAST = {"updates": 2, "episodes_per_update": 2, "steps": 2, "anp_iterations": 3}
+ONP_FAST = {"anp_iterations": 3, "max_steps": 3, "window": 3, "fit_steps": 5, "refit_steps": 1, "images": 16,
+            "families": "patch,additive", "prefix_points": 3}
 # the smallest settings that still run each defense end to end; pruning defenses may use up to the whole
 # clean-accuracy budget, so that they do prune something and the tests below check real pruning
 FAST: dict[str, dict[str, Any]] = {
@@ -38,7 +39,8 @@ FAST: dict[str, dict[str, Any]] = {
     "nad": {"epochs": 1, "teacher_epochs": 1},
     "onp": ONP_FAST,
     "onp_nognn": ONP_FAST,
-    "onp_norl": {"anp_iterations": 3},
+    "onp_norl": ONP_FAST,
+    "onp_greedy": ONP_FAST,
     "rnp": {"unlearn_epochs": 2, "recover_epochs": 2, "max_drop": 1.0},
 }
 PRUNING = [n for n in list_defenses() if DEFENSES.get(n).prunes]
@@ -198,7 +200,7 @@ def test_deterministic_for_a_seed(name: str, first_run, trained: nn.Module, data
     assert all(torch.equal(a[k], b[k]) for k in a), f"{name}: two runs with seed 0 gave different weights"
 
 
-def test_onp_ablations_reuse_onp_evidence_and_rank_as_without_it(trained: nn.Module, data: DefenseData,
+def test_onp_comparators_reuse_onp_evidence_and_search_as_without_it(trained: nn.Module, data: DefenseData,
                                                                     tmp_path) -> None:  # noqa: ANN001
     ctx = DefenseContext(seed=0, cache_dir=str(tmp_path))
     first = create_defense("onp", **ONP_FAST).repair(copy.deepcopy(trained), data, ctx)
@@ -211,8 +213,8 @@ def test_onp_ablations_reuse_onp_evidence_and_rank_as_without_it(trained: nn.Mod
         assert cached.details["evidence_cached_seconds"] > 0
         assert torch.equal(cached.pruning.ranking, fresh.pruning.ranking)
         assert torch.equal(cached.pruning.selected, fresh.pruning.selected)
-        assert cached.details["probe"] == fresh.details["probe"]
-    # another seed draws other probes: it does not reuse this entry
+        assert cached.details["classes"] == fresh.details["classes"]
+    # another seed draws another split and other masks: it does not reuse this entry
     create_defense("onp_norl", **FAST["onp_norl"]).repair(copy.deepcopy(trained), data,
                                                          DefenseContext(seed=1, cache_dir=str(tmp_path)))
     assert len(list(tmp_path.glob("onp-evidence-*.json"))) == 2
@@ -248,11 +250,20 @@ def test_bad_granularity(name: str) -> None:
         create_defense(name, granularity="bogus")
 
 
-@pytest.mark.parametrize(("param", "value", "message"), [("probe_resolution", 0, "positive map size"),
-                                                           ("probe_eps", 8.0, r"in \(0, 1\]")])
-def test_bad_onp_probe(param: str, value: float, message: str) -> None:
-    with pytest.raises(OnpError, match=f"{param} must be .*{message}"):
+@pytest.mark.parametrize(("param", "value", "message"), [
+    ("search", "bogus", "unknown search 'bogus'; valid: agent, greedy, prefix"),
+    ("families", "patch,bogus", "unknown trigger family 'bogus'; valid: patch"),
+    ("window", 0, "window must be at least 1, got 0"),
+    ("rate", 1.5, r"rate must be in \(0, 1\], got 1.5")])
+def test_bad_onp_setting(param: str, value: Any, message: str) -> None:
+    with pytest.raises(OnpError, match=message):
         create_defense("onp", **{param: value})
+
+
+@pytest.mark.parametrize("name", ["onp_nognn", "onp_greedy", "onp_norl"])
+def test_onp_comparators_refuse_to_change_what_they_fix(name: str) -> None:
+    with pytest.raises(OnpError, match=f"{name} fixes"):
+        create_defense(name, gnn=True, search="agent")
 
 
 @pytest.mark.parametrize("name", [n for n in PRUNING if issubclass(DEFENSES.get(n), ScorePruneDefense)])
@@ -295,18 +306,3 @@ def test_selection_curve_stops_past_the_bound(trained: nn.Module, data: DefenseD
     accs = iter([0.9, 0.89, 0.85, 0.7, 0.95, 0.95])
     cut = pruning_curve(trained, neurons, ranking, [0, 1, 2, 3, 4, 5], metric, stop_below=0.12)
     assert [p["k"] for p in cut] == [0, 1, 2, 3]
-
-
-def test_onp_keeps_the_ranking_whose_prefixes_score_best() -> None:
-    from onp.defenses.onp import pick_ranking
-
-    class Reward:  # +1 per neuron of the first five, -0.5 per other
-        def __call__(self, sel: Tensor) -> tuple[float, dict]:
-            return sel[:5].sum().item() - 0.5 * sel[5:].sum().item(), {}
-
-    good, bad = torch.arange(20), torch.arange(20).flip(0)
-    ranking, info = pick_ranking({"policy": bad, "prior": good}, Reward(), kmax=8)
-    assert torch.equal(ranking, good) and info["chosen"] == "prior"
-    assert info["best"] == {"policy": -0.5, "prior": 4.0}  # the best of prefixes 1, 2, 4, 8
-    ranking, info = pick_ranking({"policy": good, "prior": good}, Reward(), kmax=8)
-    assert info["chosen"] == "policy"  # a tie keeps the policy's

@@ -215,9 +215,10 @@ def write_report(results: str | Path, out: str | Path, title: str | None = None,
         for m, label in (("asr", "ASR"), ("clean_acc", "ACC")):
             tab = {a: {d: agg["table"][a][d][m] for d in agg["table"][a]} for a in agg["attacks"]}
             plots.plot_bars(tab, agg["attacks"], agg["defenses"], label, tmp / f"{m}_bars.png")
-        onp_rows = [r for r in rows if r.get("reward_curve")]
+        # the search curves of ONP and its comparators (each point a set scored by the objective J)
+        onp_rows = [r for r in rows if r.get("selection_curve") and "value" in r["selection_curve"][0]]
         if onp_rows:
-            plots.plot_reward_curves(onp_rows, tmp / "reward_curves.png")
+            plots.plot_search_curves(onp_rows, tmp / "search_curves.png")
         plots.plot_pruning_curves(rows, tmp / "pruning_curves.png")
         images = [p.name for p in sorted(tmp.glob("*.png"))]
         intro = [f"# {name}", "",

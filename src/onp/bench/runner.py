@@ -135,10 +135,9 @@ def run_defense_cell(spec: dict[str, Any]) -> dict[str, Any]:
         "ra": after.get("ra"), "der": der(before, after), "wall_time": wall, "wall_time_measured": outcome.wall_time,
         "num_pruned": pruning.num_pruned if pruning else None,
         "num_neurons": len(pruning.neurons) if pruning else None,
-        "reward_curve": details.get("reward_curve"), "timings": details.get("timings"),
-        "probe": details.get("probe"), "chosen": pruning.chosen if pruning else None,
-        "ranking_pick": details.get("ranking_pick"),
-        # what the defense saw on its clean images at each prefix of its ranking (the stop's evidence)
+        "timings": details.get("timings"), "classes": details.get("classes"), "triggers": details.get("triggers"),
+        "chosen": pruning.chosen if pruning else None,
+        # what the defense saw on its clean images at each set it chose from (ONP: each step of its search)
         "selection_curve": pruning.curve if pruning else None,
         "ranking_head": pruning.ranking_head() if pruning else None,
         "versions": provenance(), "host": socket.gethostname(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -1,17 +1,20 @@
-"""ONP and its ablations, with the parts they are made of, one file each.
+"""ONP and its comparators, with the parts they are made of, one file each.
 
-:mod:`.defense` (the defense: evidence, search, stop), :mod:`.probes` (trigger-free probes and the target
-estimate), :mod:`.features` (per-neuron evidence), :mod:`.evidence` (its on-disk cache), :mod:`.reward` (the
-clean-set objective), :mod:`.policy` (the GNN policy) and :mod:`.agent` (the REINFORCE search).
+:mod:`.defense` (the settings and the algorithm top to bottom), :mod:`.evidence` (per-neuron features and class
+weights, cached), :mod:`.features`, :mod:`.triggers` (the trigger families), :mod:`.objective` (``J``, with
+re-fitted triggers), :mod:`.search` (the searches over pruning sets), :mod:`.policy` (the GNN) and
+:mod:`.agent` (how it proposes and learns).
 """
 
 from onp.defenses.onp.defense import (
     ONP,
     PRIOR_WEIGHTS,
+    ONPConfig,
+    ONPGreedy,
     ONPNoGNN,
     ONPNoRL,
-    pick_ranking,
+    onp_repair,
     prior_scores,
 )
 
-__all__ = ["ONP", "ONPNoGNN", "ONPNoRL", "PRIOR_WEIGHTS", "pick_ranking", "prior_scores"]
+__all__ = ["ONP", "ONPConfig", "ONPGreedy", "ONPNoGNN", "ONPNoRL", "PRIOR_WEIGHTS", "onp_repair", "prior_scores"]

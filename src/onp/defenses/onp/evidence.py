@@ -1,39 +1,95 @@
-"""ONP's evidence (the probes and the per-neuron feature matrix, RNP's masks among its columns),
-cached on disk.
+"""ONP's evidence from the clean images alone: per-neuron features and, per class, how much it looks like the
+backdoor's target. Cached on disk.
 
-ONP and its two ablations gather the same evidence from the same model and clean images and differ only in how
-they rank neurons. With a cache directory (the benchmark passes one), the first of them to run stores the
-evidence and the others load it, so the ablations rank exactly the features ONP ranked. The key hashes the
-model's weights, the clean images, the seed, the evidence parameters and :data:`VERSION`; the files are
-safetensors and JSON, so loading runs no code.
+The class evidence is the share of the clean images RNP's unlearned model sends to each class plus the share of
+the other classes' images sent there when CLP's most suspicious neurons are amplified; the objective aims its
+triggers at every class whose evidence is not negligible, weighted by it, instead of at one hard estimate
+(docs/design.md, ONP, second design).
+
+ONP and its ablations gather the same evidence from the same model and clean images. With a cache directory (the
+benchmark passes one), the first of them to run stores it and the others load it. The key hashes the model's
+weights, the clean images, the seed, the evidence parameters and :data:`VERSION`; the files are safetensors and
+JSON, so loading runs no code.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
-from onp.defenses.onp.probes import Probe, ProbeSet
+from onp.defenses.base import DefenseContext, DefenseData
+from onp.defenses.onp.features import FeatureConfig, neuron_features
 from onp.errors import OnpError
+from onp.evaluate import predict
+from onp.graph.build import NeuronGraph
+from onp.graph.neurons import NeuronMask, Neurons
+from onp.scores import channel_lipschitz, rnp_masks, standardize_per_layer
 from onp.utils.io import load_tensors, read_json, save_tensors, stable_hash, write_json
 
 log = logging.getLogger(__name__)
 
-VERSION = 2
+VERSION = 3
 """Bump when the evidence code changes, so that stale cache entries are not reused."""
 
 
 @dataclass
 class Evidence:
-    probes: ProbeSet
+    """Per-neuron features (N, F) with their column names; per class, its evidence of being the target."""
+
     feats: Tensor
     names: list[str]
+    classes: list[float]
     info: dict[str, Any]
     timings: dict[str, float]
+
+    def class_weights(self, min_weight: float, most: int) -> dict[int, float]:
+        """The classes the triggers aim at: evidence over the largest, at least ``min_weight``, at most ``most``."""
+        ev = torch.tensor(self.classes)
+        w = ev / ev.max().clamp_min(1e-12)
+        order = w.argsort(descending=True)[:most]
+        return {int(c): round(float(w[c]), 4) for c in order if w[c] >= min_weight}
+
+
+def rates_to_classes(pred: Tensor, y: Tensor, num_classes: int) -> list[float]:
+    """Per class, the fraction of the images of *other* classes predicted as it."""
+    return [((pred == c) & (y != c)).sum().item() / max(int((y != c).sum()), 1) for c in range(num_classes)]
+
+
+def amplified_rates(model: nn.Module, neurons: Neurons, x: Tensor, y: Tensor, num_classes: int, device: torch.device,
+                    k: int = 10, gain: float = 4.0) -> list[float]:
+    """Per class, the share of the images of other classes sent to it when the ``k`` neurons with the largest
+    per-layer z-scores of CLP's channel Lipschitz bound are multiplied by ``gain``.
+
+    A backdoor lives in a few neurons that respond strongly to the trigger (CLP's observation), and amplified
+    they push to its target (docs/design.md, ONP, the target estimate).
+    """
+    ranking = torch.argsort(standardize_per_layer(channel_lipschitz(neurons), neurons), descending=True)
+    scale = torch.ones(len(neurons))
+    scale[ranking[:k]] = gain
+    with NeuronMask(neurons, scale).applied():
+        return rates_to_classes(predict(model, x, device, 500), y, num_classes)
+
+
+def gather_evidence(model: nn.Module, graph: NeuronGraph, data: DefenseData, ctx: DefenseContext,
+                    cfg: FeatureConfig) -> Evidence:
+    """RNP's masks and unlearned predictions, the amplified shares and the features, from the fit images."""
+    neurons, k = graph.neurons, data.num_classes
+    t0 = time.perf_counter()
+    rnp, rnp_info = rnp_masks(model, neurons, data.x_fit, data.y_fit, ctx.device, ctx.seed)
+    unlearned = torch.tensor(rnp_info["unlearned_predictions"], dtype=torch.float) / len(data.x_fit)
+    amplified = amplified_rates(model, neurons, data.x_fit, data.y_fit, k, ctx.device)
+    classes = [round(float(u + a), 4) for u, a in zip(unlearned, amplified)]
+    t_classes = time.perf_counter() - t0
+    feats, names = neuron_features(model, graph, data.x_fit, data.y_fit, rnp, ctx, cfg)
+    info = {"rnp": rnp_info, "amplified": [round(a, 4) for a in amplified]}
+    return Evidence(feats, names, classes, info,
+                    {"classes": t_classes, "features": time.perf_counter() - t0 - t_classes})
 
 
 def evidence_key(model: nn.Module, x: Tensor, y: Tensor, params: dict[str, Any]) -> str:
@@ -44,17 +100,10 @@ def evidence_key(model: nn.Module, x: Tensor, y: Tensor, params: dict[str, Any])
 
 
 def save_evidence(cache: Path, key: str, ev: Evidence) -> None:
-    tensors = {"feats": ev.feats}
-    probes = []
-    for i, p in enumerate(ev.probes.probes):
-        fields = [f for f in ("delta", "mask", "pattern") if getattr(p, f) is not None]
-        tensors.update({f"probe{i}.{f}": getattr(p, f) for f in fields})
-        probes.append({"kind": p.kind, "target": p.target, "strength": p.strength, "fields": fields})
-    save_tensors(cache / f"onp-evidence-{key}.safetensors", tensors)
+    save_tensors(cache / f"onp-evidence-{key}.safetensors", {"feats": ev.feats})
     # the JSON is written last: its presence marks a complete entry
     write_json(cache / f"onp-evidence-{key}.json", {
-        "version": VERSION, "names": ev.names, "info": ev.info, "timings": ev.timings,
-        "probes": {"target": ev.probes.target, "rates": ev.probes.rates, "probes": probes}})
+        "version": VERSION, "names": ev.names, "classes": ev.classes, "info": ev.info, "timings": ev.timings})
 
 
 def load_evidence(cache: Path, key: str) -> Evidence | None:
@@ -63,11 +112,8 @@ def load_evidence(cache: Path, key: str) -> Evidence | None:
         return None
     try:
         meta, t = read_json(meta_path), load_tensors(tensor_path)
-        probes = [Probe(p["kind"], int(p["target"]), strength=float(p["strength"]),
-                        **{f: t[f"probe{i}.{f}"] for f in p["fields"]})
-                  for i, p in enumerate(meta["probes"]["probes"])]
-        ps = ProbeSet(int(meta["probes"]["target"]), probes, meta["probes"]["rates"])
-        return Evidence(ps, t["feats"], meta["names"], meta["info"], meta["timings"])
+        return Evidence(t["feats"], list(meta["names"]), [float(c) for c in meta["classes"]], meta["info"],
+                        meta["timings"])
     except (OnpError, KeyError, TypeError, ValueError) as e:  # a torn or foreign entry: recompute
         log.warning("ignoring the evidence cache entry %s: %s", meta_path, e)
         return None

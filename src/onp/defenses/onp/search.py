@@ -1,18 +1,22 @@
-"""Searches over pruning sets on the adaptive objective (:mod:`.objective`), the comparators ONP's learned search
-must beat (docs/design.md, ONP, second design).
+"""Searches over pruning sets on the adaptive objective (:mod:`.objective`): ONP's, and the comparators it must
+beat (docs/design.md, ONP, second design).
 
-:func:`greedy`: each step ranks the neurons not yet pruned by the first-order change their removal makes to the
-triggers' margins and to the clean loss, under the triggers re-fitted to the current set, and prunes the best few.
-:func:`ranked_greedy`: each step tries the next few neurons of a given ranking one by one against the triggers as
-they stand (a forward pass each) and adds the best; unlike a prefix of the ranking, it can skip a costly neuron.
-Both re-score after every step, stop when the clean accuracy falls past the bound, and answer with the best set
-they scored.
+:func:`windowed_search` (ONP's): each step asks a proposer (:class:`.agent.Agent`) for its best few neurons not
+yet pruned, scores each as the next one to prune by ``J`` against the triggers as they stand (a forward pass
+each), adds the best, and hands the scores back to the proposer to learn from; unlike a prefix of a ranking, it
+can skip a costly neuron. With a fixed ranking as proposer it is the greedy comparator (:func:`ranked_greedy`).
+:func:`greedy`: each step ranks the neurons by the first-order change their removal makes to the triggers'
+margins and to the clean loss, and prunes the best few (weak: docs/design.md).
+:func:`prefix_search`: the prefixes of a fixed ranking, each scored by ``J`` (the no-RL comparator).
+Each re-scores the set after every step (triggers re-fitted), stops when the clean accuracy falls past the bound,
+and answers with the best set it scored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -65,25 +69,33 @@ class GreedyResult:
 
     selected: Tensor
     value: float
+    step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     sets: list[Tensor] = field(default_factory=list)
 
 
+def _record(best: GreedyResult, step: int, selected: Tensor, value: float, m: dict[str, float]) -> None:
+    n = int(selected.sum())
+    best.history.append({"step": step, "k": n, "pruned": n, "value": value, **m})
+    best.sets.append(selected.clone())
+    if value > best.value:
+        best.selected, best.value, best.step = selected.clone(), value, step
+
+
 def _grow(objective: AdaptiveObjective, propose: Callable[[Tensor], Tensor], max_steps: int, stop_below: float,
-          progress: ProgressFactory, desc: str) -> GreedyResult:
+          progress: ProgressFactory, desc: str, patience: int | None = None) -> GreedyResult:
     """Score the current set (triggers re-fitted), keep the best, and let ``propose`` extend it, until
-    ``max_steps`` steps, a clean accuracy ``stop_below`` under the unpruned one, or nothing left to add."""
+    ``max_steps`` steps, a clean accuracy ``stop_below`` under the unpruned one, ``patience`` steps without a
+    better set, or nothing left to add."""
     selected = torch.zeros(len(objective.neurons), dtype=torch.bool)
     best = GreedyResult(selected.clone(), -float("inf"))
     with progress(total=max_steps + 1, desc=desc) as bar:
         for k in range(max_steps + 1):
             value, m = objective(selected)
-            best.history.append({"step": k, "pruned": int(selected.sum()), "value": value, **m})
-            best.sets.append(selected.clone())
-            if value > best.value:
-                best.selected, best.value = selected.clone(), value
+            _record(best, k, selected, value, m)
             bar.update(1, value=value, adversary=m["adversary"])
-            if k == max_steps or m["clean_acc"] < objective.acc0 - stop_below:
+            if k == max_steps or m["clean_acc"] < objective.acc0 - stop_below or \
+                    (patience is not None and k - best.step >= patience):
                 break
             grown = propose(selected)
             if torch.equal(grown, selected):
@@ -107,21 +119,71 @@ def greedy(objective: AdaptiveObjective, per_step: int = 2, max_steps: int = 30,
     return _grow(objective, propose, max_steps, stop_below, progress, "onp: greedy")
 
 
-def ranked_greedy(objective: AdaptiveObjective, ranking: Tensor, window: int = 8, max_steps: int = 30,
-                  stop_below: float = 0.05, progress: ProgressFactory = null_progress) -> GreedyResult:
-    """Grow a pruning set one neuron at a time from the first ``window`` unpruned neurons of ``ranking``, each
-    scored by ``J`` against the current triggers (no re-fit)."""
+class Proposer(Protocol):
+    """What :func:`windowed_search` asks for candidates and tells their scores (:class:`.agent.Agent`)."""
+
+    def propose(self, selected: Tensor, window: int) -> list[int]: ...
+
+    def learn(self, selected: Tensor, candidates: list[int], values: list[float]) -> None: ...
+
+
+class RankingProposer:
+    """A fixed ranking as proposer: its first ``window`` neurons not yet pruned; learns nothing."""
+
+    def __init__(self, ranking: Tensor) -> None:
+        self.order = [int(i) for i in ranking]
+
+    def propose(self, selected: Tensor, window: int) -> list[int]:
+        return [i for i in self.order if not selected[i]][:window]
+
+    def learn(self, selected: Tensor, candidates: list[int], values: list[float]) -> None:
+        return None
+
+
+def windowed_search(objective: AdaptiveObjective, proposer: Proposer, window: int = 8, max_steps: int = 30,
+                    stop_below: float = 0.05, patience: int | None = None,
+                    expand: Callable[[Tensor], Tensor] | None = None,
+                    progress: ProgressFactory = null_progress, desc: str = "onp: search") -> GreedyResult:
+    """Grow a pruning set one candidate at a time (a neuron, or with ``expand`` its residual group): each step
+    scores the proposer's ``window`` candidates by ``J`` against the current triggers (no re-fit), adds the best
+    and tells the proposer every score."""
 
     def propose(selected: Tensor) -> Tensor:
-        candidates = [int(i) for i in ranking if not selected[int(i)]][:window]
-        values = []
+        candidates = proposer.propose(selected, window)
+        trials = []
         for c in candidates:
-            trial = selected.clone()
-            trial[c] = True
-            values.append(objective(trial, refit=False)[0])
-        grown = selected.clone()
-        if candidates:
-            grown[candidates[max(range(len(values)), key=values.__getitem__)]] = True
-        return grown
+            one = torch.zeros_like(selected)
+            one[c] = True
+            trials.append(selected | (expand(one) if expand is not None else one))
+        values = [objective(t, refit=False)[0] for t in trials]
+        proposer.learn(selected, candidates, values)
+        return trials[max(range(len(values)), key=values.__getitem__)] if trials else selected
 
-    return _grow(objective, propose, max_steps, stop_below, progress, "onp: ranked greedy")
+    return _grow(objective, propose, max_steps, stop_below, progress, desc, patience)
+
+
+def ranked_greedy(objective: AdaptiveObjective, ranking: Tensor, window: int = 8, max_steps: int = 30,
+                  stop_below: float = 0.05, progress: ProgressFactory = null_progress) -> GreedyResult:
+    """:func:`windowed_search` over the first ``window`` unpruned neurons of a fixed ``ranking``."""
+    return windowed_search(objective, RankingProposer(ranking), window, max_steps, stop_below, progress=progress,
+                           desc="onp: ranked greedy")
+
+
+def prefix_search(objective: AdaptiveObjective, ranking: Tensor, ks: Sequence[int], stop_below: float = 0.05,
+                  expand: Callable[[Tensor], Tensor] | None = None,
+                  progress: ProgressFactory = null_progress) -> GreedyResult:
+    """Score the prefixes of ``ranking`` of sizes ``ks`` by ``J`` (triggers re-fitted), until the clean accuracy
+    falls ``stop_below`` under the unpruned one; the best prefix."""
+    best = GreedyResult(torch.zeros(len(objective.neurons), dtype=torch.bool), -float("inf"))
+    with progress(total=len(ks), desc="onp: prefixes") as bar:
+        for step, k in enumerate(ks):
+            selected = torch.zeros(len(objective.neurons), dtype=torch.bool)
+            selected[ranking[:k]] = True
+            if expand is not None:
+                selected = expand(selected)
+            value, m = objective(selected)
+            _record(best, step, selected, value, m)
+            bar.update(1, value=value, adversary=m["adversary"])
+            if m["clean_acc"] < objective.acc0 - stop_below:
+                break
+    return best
