@@ -41,6 +41,7 @@ FAST: dict[str, dict[str, Any]] = {
     "onp_nognn": ONP_FAST,
     "onp_norl": ONP_FAST,
     "onp_greedy": ONP_FAST,
+    "onp_mask": {**ONP_FAST, "mask_steps": 4},
     "rnp": {"unlearn_epochs": 2, "recover_epochs": 2, "max_drop": 1.0},
 }
 PRUNING = [n for n in list_defenses() if DEFENSES.get(n).prunes]
@@ -251,7 +252,7 @@ def test_bad_granularity(name: str) -> None:
 
 
 @pytest.mark.parametrize(("param", "value", "message"), [
-    ("search", "bogus", "unknown search 'bogus'; valid: agent, greedy, prefix"),
+    ("search", "bogus", "unknown search 'bogus'; valid: agent, greedy, prefix, mask"),
     ("families", "patch,bogus", "unknown trigger family 'bogus'; valid: patch"),
     ("window", 0, "window must be at least 1, got 0"),
     ("rate", 1.5, r"rate must be in \(0, 1\], got 1.5")])
@@ -260,7 +261,7 @@ def test_bad_onp_setting(param: str, value: Any, message: str) -> None:
         create_defense("onp", **{param: value})
 
 
-@pytest.mark.parametrize("name", ["onp_nognn", "onp_greedy", "onp_norl"])
+@pytest.mark.parametrize("name", ["onp_nognn", "onp_greedy", "onp_norl", "onp_mask"])
 def test_onp_comparators_refuse_to_change_what_they_fix(name: str) -> None:
     with pytest.raises(OnpError, match=f"{name} fixes"):
         create_defense(name, gnn=True, search="agent")

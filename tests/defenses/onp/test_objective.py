@@ -135,3 +135,12 @@ def test_a_base_warm_start_scores_a_set_the_same_whatever_came_before(objective:
         x, y = torch.rand(10, 1, 4, 4, generator=g), torch.arange(10) % 2
         AdaptiveObjective(planted(), find_neurons(planted(), x[:1]), x, y, {"additive": Additive(0.8)}, {1: 1.0},
                           ObjectiveConfig(warm="first"))
+
+
+def test_a_mask_learned_against_the_adapting_trigger_cuts_both_paths(objective: AdaptiveObjective) -> None:
+    """The continuous comparator: as the mask closes the path the trigger rides, the trigger (re-fitted one step
+    per mask step) moves to the other, so both paths' masks fall below the clean unit's."""
+    from onp.defenses.onp.search import learn_mask
+
+    m = learn_mask(objective, steps=60, lr=0.1, sparsity=0.1, clean_images=64)
+    assert m[A] < 0.5 and m[B] < 0.5 and m[C] > 0.5, m

@@ -11,10 +11,11 @@ from onp.defenses.onp.defense import (
     PRIOR_WEIGHTS,
     ONPConfig,
     ONPGreedy,
+    ONPMask,
     ONPNoGNN,
     ONPNoRL,
     onp_repair,
     prior_scores,
 )
 
-__all__ = ["ONP", "ONPConfig", "ONPGreedy", "ONPNoGNN", "ONPNoRL", "PRIOR_WEIGHTS", "onp_repair", "prior_scores"]
+__all__ = ["ONP", "ONPConfig", "ONPGreedy", "ONPMask", "ONPNoGNN", "ONPNoRL", "PRIOR_WEIGHTS", "onp_repair", "prior_scores"]

@@ -33,7 +33,7 @@ from onp.defenses.base import Defense, DefenseContext, DefenseData, DefenseResul
 from onp.defenses.onp.evidence import Evidence, evidence_key, gather_evidence, load_evidence, save_evidence
 from onp.defenses.onp.features import FeatureConfig, trigger_shift
 from onp.defenses.onp.objective import AdaptiveObjective, ObjectiveConfig
-from onp.defenses.onp.search import GreedyResult, RankingProposer, prefix_search, windowed_search
+from onp.defenses.onp.search import GreedyResult, RankingProposer, learn_mask, prefix_search, windowed_search
 from onp.defenses.onp.triggers import make_families
 from onp.defenses.pruning import GRANULARITIES, prune_copy
 from onp.defenses.registry import register_defense
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SEARCHES = ("agent", "greedy", "prefix")
+SEARCHES = ("agent", "greedy", "prefix", "mask")
 
 PRIOR_WEIGHTS = {"rnp_mask": -1.0, "anp_mask": -1.0, "clp_z": 1.0, "trigger_shift_z": 2.0}
 """The prior: suspicion features with their signs. The agent starts from it; the greedy and no-RL comparators
@@ -58,13 +58,17 @@ class ONPConfig:
 
     max_drop: float = 0.02  # clean-accuracy drop allowed before J's penalty starts
     granularity: str = "neuron"  # "neuron", or "group": a candidate pulls in its coupled residual channels
-    search: str = "agent"  # "agent" (ONP), "greedy" (the prior's ranking, same windows, no learning), "prefix"
+    search: str = "agent"  # "agent" (ONP); "greedy" (the prior's ranking, same windows, no learning); "prefix" (the
+    # prior's prefixes scored by J); "mask" (a continuous mask learned against the triggers, its prefixes scored)
     gnn: bool = True  # message passing in the policy (False: an MLP, the no-GNN ablation)
     window: int = 6  # candidates scored by J per step
     max_steps: int = 24  # most search steps (one candidate pruned per step)
     patience: int = 8  # stop after this many steps without a better set
     stop_below: float = 0.05  # stop once the fit-set accuracy is this far under the unpruned one
-    prefix_points: int = 36  # prefixes of the prior's ranking the "prefix" search scores (1..this)
+    prefix_points: int = 36  # prefixes the "prefix" and "mask" searches score (1..this)
+    mask_steps: int = 200  # "mask": gradient steps of the mask
+    mask_lr: float = 0.2  # "mask": its learning rate
+    mask_sparsity: float = 1.0  # "mask": weight of the mean of 1 - m
     families: str = "patch,additive,lowfreq,stripes,blend"  # trigger families (comma-separated)
     min_weight: float = 0.3  # classes whose evidence is at least this share of the largest are aimed at
     classes: int = 3  # at most this many classes
@@ -118,10 +122,12 @@ def onp_repair(model: nn.Module, data: DefenseData, ctx: DefenseContext, cfg: ON
     t_objective = time.perf_counter() - t0 - t_evidence
 
     # the search
-    agent = None
-    if cfg.search == "prefix":
-        result = prefix_search(objective, prior.argsort(descending=True), range(cfg.prefix_points + 1),
-                               cfg.stop_below, expand, ctx.progress)
+    agent, order = None, prior.argsort(descending=True)
+    if cfg.search in ("prefix", "mask"):
+        if cfg.search == "mask":
+            order = learn_mask(objective, cfg.mask_steps, cfg.mask_lr, cfg.mask_sparsity,
+                               progress=ctx.progress).argsort()
+        result = prefix_search(objective, order, range(cfg.prefix_points + 1), cfg.stop_below, expand, ctx.progress)
     else:
         proposer: Agent | RankingProposer
         if cfg.search == "agent":
@@ -131,13 +137,13 @@ def onp_repair(model: nn.Module, data: DefenseData, ctx: DefenseContext, cfg: ON
             agent = proposer = Agent(feats, graph.edge_index, graph.edge_attr[:, 0], prior,
                                      AgentConfig(gnn=cfg.gnn, lr=cfg.lr), ctx.seed)
         else:
-            proposer = RankingProposer(prior.argsort(descending=True))
+            proposer = RankingProposer(order)
         result = windowed_search(objective, proposer, cfg.window, cfg.max_steps, cfg.stop_below, cfg.patience,
                                  expand, ctx.progress, desc=f"onp: {cfg.search} search")
     t_search = time.perf_counter() - t0 - t_evidence - t_objective
 
     selected = result.selected
-    ranking = _ranking(result, agent.ranking(selected) if agent is not None else prior.argsort(descending=True))
+    ranking = _ranking(result, agent.ranking(selected) if agent is not None else order)
     repaired = prune_copy(model, neurons, selected)
     chosen = result.history[result.step]
     log.info("onp: pruned %d of %d neurons; fit-set acc %.4f -> %.4f, adversary %.3f -> %.3f (J %.3f)",
@@ -243,3 +249,12 @@ class ONPNoRL(ONP):
 
     name = "onp_norl"
     fixed: ClassVar[dict[str, Any]] = {"search": "prefix"}
+
+
+@register_defense
+class ONPMask(ONP):
+    """Comparator: a continuous neuron mask learned by gradient descent against the same re-fitted triggers; its
+    prefixes scored by the same objective, the best kept."""
+
+    name = "onp_mask"
+    fixed: ClassVar[dict[str, Any]] = {"search": "mask"}

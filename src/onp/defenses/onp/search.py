@@ -8,6 +8,8 @@ can skip a costly neuron. With a fixed ranking as proposer it is the greedy comp
 :func:`greedy`: each step ranks the neurons by the first-order change their removal makes to the triggers'
 margins and to the clean loss, and prunes the best few (weak: docs/design.md).
 :func:`prefix_search`: the prefixes of a fixed ranking, each scored by ``J`` (the no-RL comparator).
+:func:`learn_mask`: a continuous mask learned by gradient descent against the same triggers, re-fitted as it
+learns; its prefixes are then cut by :func:`prefix_search` (the continuous comparator).
 Each re-scores the set after every step (triggers re-fitted), stops when the clean accuracy falls past the bound,
 and answers with the best set it scored.
 """
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from onp.defenses.onp.objective import AdaptiveObjective
+from onp.defenses.onp.triggers import fit
 from onp.utils.progress import ProgressFactory, null_progress
 from onp.utils.runtime import frozen
 
@@ -187,3 +190,40 @@ def prefix_search(objective: AdaptiveObjective, ranking: Tensor, ks: Sequence[in
             if m["clean_acc"] < objective.acc0 - stop_below:
                 break
     return best
+
+
+def learn_mask(objective: AdaptiveObjective, steps: int = 200, lr: float = 0.2, sparsity: float = 1.0,
+               clean_images: int = 128, progress: ProgressFactory = null_progress) -> Tensor:
+    """(N,) a continuous mask ``m`` in [0, 1] learned against the objective's triggers (low: prune first).
+
+    Each step takes one trigger in turn, fits it one step against the network masked by ``m`` (the adversary
+    adapts as the mask learns), then moves ``m`` down the clean loss on a batch plus the trigger's weighted
+    softplus margin toward its class plus ``sparsity`` times the mean of ``1 - m`` (which keeps the mask from
+    pruning what it need not), by projected gradient descent (as ANP learns its masks)."""
+    obj = objective
+    m = torch.ones(len(obj.neurons), device=obj.device, requires_grad=True)
+    opt = torch.optim.SGD([m], lr=lr, momentum=0.9)
+    with progress(total=steps, desc="onp: mask") as bar, frozen(obj.model):
+        obj.model.eval()
+        for step in range(steps):
+            t = obj.triggers[step % len(obj.triggers)]
+            images = obj.others[t.target]
+            obj.mask.scale = m.detach()
+            with obj.mask.applied():
+                fit(obj.model, t, images, 1, obj.generator, obj.device)
+            idx = torch.randint(len(obj.x), (min(clean_images, len(obj.x)),), generator=obj.generator)
+            x, y = obj.x[idx].to(obj.device), obj.y[idx].to(obj.device)
+            obj.mask.scale = m
+            with obj.mask.applied():
+                clean = F.cross_entropy(obj.model(x), y)
+                triggered = obj.model(t.apply(images.to(obj.device)).detach())
+                adversary = obj.weights[t.target] * F.softplus(margins(triggered, t.target)).mean()
+                loss = clean + adversary + sparsity * (1 - m).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                m.clamp_(0, 1)
+            bar.update(1, loss=float(loss.detach()))
+    obj.mask.scale = torch.ones(len(obj.neurons))
+    return m.detach().cpu()
