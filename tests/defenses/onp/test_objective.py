@@ -144,3 +144,35 @@ def test_a_mask_learned_against_the_adapting_trigger_cuts_both_paths(objective: 
 
     m = learn_mask(objective, steps=60, lr=0.1, sparsity=0.1, clean_images=64)
     assert m[A] < 0.5 and m[B] < 0.5 and m[C] > 0.5, m
+
+
+def test_full_strength_counts_a_calibrated_trigger_by_both_its_rates(objective: AdaptiveObjective) -> None:
+    from onp.defenses.onp.triggers import success
+
+    t = objective.triggers[0]
+    t.strength = 0.3
+    images = objective.others[1]
+    t.strength = 1.0
+    strong = success(objective.model, t, images, objective.device)
+    t.strength = 0.3
+    weak = success(objective.model, t, images, objective.device)
+    assert weak < strong, "the toy trigger is weaker at 0.3"
+    assert objective.metrics(sel(), refit=False)["success/additive/1"] == weak
+    objective.cfg.full = True
+    assert objective.metrics(sel(), refit=False)["success/additive/1"] == (weak + strong) / 2
+    assert t.strength == 0.3, "the calibrated strength is kept"
+
+
+def test_triggers_too_weak_to_register_a_pruning_are_dropped() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = 0.1 * torch.rand(200, 1, 4, 4, generator=g)
+    y = torch.zeros(200, dtype=torch.long)
+    y[:100] = 1
+    model = planted()
+    families = {"weak": Additive(0.01, name="weak"), "strong": Additive(0.8, name="strong")}
+    obj = AdaptiveObjective(model, find_neurons(model, x[:1]), x, y, families, {1: 1.0},
+                            ObjectiveConfig(fit_steps=2, rate=None, min_success=0.2))
+    assert [t.family.name for t in obj.triggers] == ["strong"] and [t.family.name for t in obj.dropped] == ["weak"]
+    none = AdaptiveObjective(model, find_neurons(model, x[:1]), x, y, families, {1: 1.0},
+                             ObjectiveConfig(fit_steps=2, rate=None, min_success=1.01))
+    assert none.triggers == [] and none.metrics(sel())["adversary"] == 0.0

@@ -76,6 +76,8 @@ class ONPConfig:
     refit_steps: int = 5  # steps of each re-fit against a pruned network
     images: int = 64  # images each trigger is fitted and scored on
     rate: float = 0.6  # each trigger calibrated to about this success rate on the unpruned network
+    min_success: float = 0.2  # triggers weaker than this on the unpruned network (at full strength) are dropped
+    full: bool = True  # count a calibrated trigger by the mean of its calibrated and full-strength successes
     rho: float = 0.5  # J's weight of the pruned share
     kappa: float = 5.0  # J's weight of the accuracy lost beyond max_drop
     anp_iterations: int = 100  # ANP mask steps for the ANP feature
@@ -111,7 +113,8 @@ def onp_repair(model: nn.Module, data: DefenseData, ctx: DefenseContext, cfg: ON
 
     # the objective: triggers fitted toward each weighted class and calibrated on the unpruned network
     ocfg = ObjectiveConfig(fit_steps=cfg.fit_steps, refit_steps=cfg.refit_steps, images=cfg.images, rho=cfg.rho,
-                           kappa=cfg.kappa, max_drop=cfg.max_drop, rate=cfg.rate, warm="base", aggregate="mean")
+                           kappa=cfg.kappa, max_drop=cfg.max_drop, rate=cfg.rate, min_success=cfg.min_success,
+                           full=cfg.full, warm="base", aggregate="mean")
     objective = AdaptiveObjective(model, neurons, data.x_fit, data.y_fit, make_families(cfg.families.split(",")),
                                   classes, ocfg, ctx.device, ctx.seed)
     shift = trigger_shift(model, neurons, data.x_fit, [(t, objective.others[t.target], objective.weights[t.target])
@@ -153,6 +156,7 @@ def onp_repair(model: nn.Module, data: DefenseData, ctx: DefenseContext, cfg: ON
         "classes": {"evidence": ev.classes, "weights": {str(c): w for c, w in classes.items()}},
         "triggers": [{"family": t.family.name, "target": t.target, "strength": round(t.strength, 4)}
                      for t in objective.triggers],
+        "triggers_dropped": [{"family": t.family.name, "target": t.target} for t in objective.dropped],
         "features": names, "diagnostics": ev.info, "search_curve": result.history,
         "agent_losses": agent.losses if agent is not None else [],
         "graph": {"nodes": len(neurons), "edges": int(graph.edge_index.shape[1]),

@@ -45,6 +45,12 @@ class ObjectiveConfig:
     rate: float | None = 0.6
     """Each trigger's strength is calibrated on the unpruned network to about this success rate (``None``: full
     strength); it stays fixed while the trigger is re-fitted."""
+    min_success: float = 0.0
+    """Triggers that reach less than this rate on the unpruned network after their first fit are dropped: they
+    cannot register a pruning, and each costs as much as one that can."""
+    full: bool = False
+    """Also score each calibrated trigger at full strength, and count a trigger by the mean of its two successes:
+    the calibrated rate registers the first cuts, the full-strength one what is left of a strong backdoor."""
     warm: str = "last"
     """Where each re-fit starts: ``"last"`` (where the trigger was left by the previous score, so that a sequence of
     scores accumulates optimization) or ``"base"`` (the calibrated trigger of the unpruned network, every time, so
@@ -88,6 +94,10 @@ class AdaptiveObjective:
                                         for f in families.values() for c in classes]
         for t in self.triggers:
             fit(model, t, self.others[t.target], self.cfg.fit_steps, self.generator, self.device)
+        self.dropped = [t for t in self.triggers if success(model, t, self.others[t.target], self.device)
+                        < self.cfg.min_success]
+        self.triggers = [t for t in self.triggers if t not in self.dropped]
+        for t in self.triggers:
             if self.cfg.rate is not None:
                 calibrate(model, t, self.others[t.target], self.device, self.cfg.rate)
         self.base = [{k: v.detach().clone() for k, v in t.params.items()} for t in self.triggers]
@@ -103,7 +113,12 @@ class AdaptiveObjective:
                         t.params[k].copy_(v)
             if refit:
                 fit(self.model, t, self.others[t.target], self.cfg.refit_steps, self.generator, self.device)
-            out.append((t, success(self.model, t, self.others[t.target], self.device)))
+            rate = success(self.model, t, self.others[t.target], self.device)
+            if self.cfg.full and t.strength < 1.0:
+                strength, t.strength = t.strength, 1.0
+                rate = (rate + success(self.model, t, self.others[t.target], self.device)) / 2
+                t.strength = strength
+            out.append((t, rate))
         return out
 
     def metrics(self, selected: Tensor, refit: bool = True) -> dict[str, float]:
