@@ -128,6 +128,20 @@ def test_only_runs_the_matching_cells_and_they_count_for_the_whole_grid(grid: tu
     assert stable(rows) == stable(reference)
 
 
+def test_rows_made_with_other_settings_are_not_resumed_from(grid: tuple[Path, list[dict]], tmp_path: Path) -> None:
+    """A changed default keeps a cell's id; its old row must not stand in for the new code's."""
+    cfg_path, reference = grid
+    results = tmp_path / "stale.jsonl"
+    for r in reference:
+        append_row(results, {**r, "defense_params": {**r["defense_params"], "threshold": 99.0}}
+                   if r["defense"] == "clp" and r["seed"] == 1 else r)
+    with pytest.raises(OnpError, match=r"1 rows of .*stale.jsonl were made with other settings than the present "
+                                       r"code's, e\.g\. .*/clp-s1-\w+ \(threshold\); delete them"):
+        run_bench(load_bench(cfg_path), results)
+    assert stable(run_bench(load_bench(cfg_path), results, only=["*/finetune-*"])) == stable(reference), \
+        "a slice without the stale row resumes"
+
+
 @pytest.mark.slow
 def test_ray_executor_gives_the_same_rows(grid: tuple[Path, list[dict]], tmp_path: Path) -> None:
     pytest.importorskip("ray")

@@ -230,6 +230,25 @@ def cell_spec(cfg: BenchConfig, cell: DefenseCell, model_dir: Path, show_progres
 
 
 # --- the grid ---------------------------------------------------------------------------------------------------
+def refuse_stale_rows(cells: list[DefenseCell], rows: dict[str, dict[str, Any]], results: str | Path) -> None:
+    """Refuse to resume from rows whose defense ran with other settings than the current code's defaults give the
+    same cell (a changed default keeps a cell's id): old and new rows must never be mixed in one table."""
+    stale = []
+    for c in cells:
+        row = rows.get(c.id)
+        if row is None or "defense_params" not in row:
+            continue
+        now = json.loads(json.dumps(create_defense(c.defense.name, **c.defense.params).params()))
+        if row["defense_params"] != now:
+            changed = sorted(k for k in set(now) | set(row["defense_params"])
+                             if now.get(k) != row["defense_params"].get(k))
+            stale.append(f"{c.id} ({', '.join(changed[:4])}{', ...' if len(changed) > 4 else ''})")
+    if stale:
+        raise OnpError(f"{len(stale)} rows of {results} were made with other settings than the present code's, "
+                       f"e.g. {stale[0]}; delete them (or write to another results file) so that old and new rows "
+                       f"are not mixed")
+
+
 def run_bench(cfg: BenchConfig, results: str | Path, executor: str = "local", address: str | None = None,
               progress: ProgressFactory = null_progress, show_cell_progress: bool = False,
               max_cells: int | None = None, jobs: int = 1, only: list[str] | None = None) -> list[dict[str, Any]]:
@@ -245,10 +264,11 @@ def run_bench(cfg: BenchConfig, results: str | Path, executor: str = "local", ad
     if jobs < 1:
         raise OnpError(f"--jobs must be at least 1, got {jobs}")
     models, cells = expand(cfg)
-    done = {r["id"] for r in read_results(results)}
-    todo = [c for c in cells if c.id not in done]
-    if only:
-        todo = [c for c in todo if any(fnmatch.fnmatchcase(c.id, pat) for pat in only)]
+    rows = {r["id"]: r for r in read_results(results)}
+    done = set(rows)
+    in_scope = [c for c in cells if not only or any(fnmatch.fnmatchcase(c.id, pat) for pat in only)]
+    refuse_stale_rows(in_scope, rows, results)
+    todo = [c for c in in_scope if c.id not in done]
     if max_cells is not None:
         todo = todo[:max_cells]
     zoo = Path(cfg.zoo)
