@@ -176,3 +176,18 @@ def test_triggers_too_weak_to_register_a_pruning_are_dropped() -> None:
     none = AdaptiveObjective(model, find_neurons(model, x[:1]), x, y, families, {1: 1.0},
                              ObjectiveConfig(fit_steps=2, rate=None, min_success=1.01))
     assert none.triggers == [] and none.metrics(sel())["adversary"] == 0.0
+
+
+def test_a_trial_scores_a_share_of_the_images(objective: AdaptiveObjective) -> None:
+    objective.cfg.trial_share = 0.25
+    objective.x, objective.y = objective.x.clone(), objective.y.clone()
+    objective.y[50:] = 1 - objective.y[50:]  # the first quarter keeps its labels; the rest are flipped
+    full = objective.metrics(sel(), refit=True)["clean_acc"]
+    trial = objective.metrics(sel(), refit=False)["clean_acc"]
+    assert trial == accuracy_of(objective, 50) and full == accuracy_of(objective, 200)
+
+
+def accuracy_of(objective: AdaptiveObjective, n: int) -> float:
+    from onp.evaluate import accuracy
+
+    return accuracy(objective.model, objective.x[:n], objective.y[:n], objective.device)

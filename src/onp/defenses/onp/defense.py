@@ -62,7 +62,7 @@ class ONPConfig:
     # prior's prefixes scored by J); "mask" (a continuous mask learned against the triggers, its prefixes scored)
     gnn: bool = True  # message passing in the policy (False: an MLP, the no-GNN ablation)
     window: int = 6  # candidates scored by J per step
-    max_steps: int = 24  # most search steps (one candidate pruned per step)
+    max_steps: int = 32  # most search steps (one candidate pruned per step)
     patience: int = 8  # stop after this many steps without a better set
     stop_below: float = 0.05  # stop once the fit-set accuracy is this far under the unpruned one
     prefix_points: int = 36  # prefixes the "prefix" and "mask" searches score (1..this)
@@ -77,6 +77,7 @@ class ONPConfig:
     images: int = 64  # images each trigger is fitted and scored on
     rate: float = 0.6  # each trigger calibrated to about this success rate on the unpruned network
     min_success: float = 0.2  # triggers weaker than this on the unpruned network (at full strength) are dropped
+    trial_share: float = 0.5  # share of the images a candidate's trial (no re-fit) is scored on
     full: bool = True  # count a calibrated trigger by the mean of its calibrated and full-strength successes
     rho: float = 0.5  # J's weight of the pruned share
     kappa: float = 5.0  # J's weight of the accuracy lost beyond max_drop
@@ -93,8 +94,9 @@ class ONPConfig:
         for name in ("window", "max_steps", "patience", "prefix_points", "classes", "images"):
             if getattr(self, name) < 1:
                 raise OnpError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 0 < self.rate <= 1:
-            raise OnpError(f"rate must be in (0, 1], got {self.rate}")
+        for name in ("rate", "trial_share"):
+            if not 0 < getattr(self, name) <= 1:
+                raise OnpError(f"{name} must be in (0, 1], got {getattr(self, name)}")
 
 
 def onp_repair(model: nn.Module, data: DefenseData, ctx: DefenseContext, cfg: ONPConfig) -> DefenseResult:
@@ -114,7 +116,7 @@ def onp_repair(model: nn.Module, data: DefenseData, ctx: DefenseContext, cfg: ON
     # the objective: triggers fitted toward each weighted class and calibrated on the unpruned network
     ocfg = ObjectiveConfig(fit_steps=cfg.fit_steps, refit_steps=cfg.refit_steps, images=cfg.images, rho=cfg.rho,
                            kappa=cfg.kappa, max_drop=cfg.max_drop, rate=cfg.rate, min_success=cfg.min_success,
-                           full=cfg.full, warm="base", aggregate="mean")
+                           trial_share=cfg.trial_share, full=cfg.full, warm="base", aggregate="mean")
     objective = AdaptiveObjective(model, neurons, data.x_fit, data.y_fit, make_families(cfg.families.split(",")),
                                   classes, ocfg, ctx.device, ctx.seed)
     shift = trigger_shift(model, neurons, data.x_fit, [(t, objective.others[t.target], objective.weights[t.target])

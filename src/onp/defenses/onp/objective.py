@@ -48,6 +48,9 @@ class ObjectiveConfig:
     min_success: float = 0.0
     """Triggers that reach less than this rate on the unpruned network after their first fit are dropped: they
     cannot register a pruning, and each costs as much as one that can."""
+    trial_share: float = 1.0
+    """A stale score (no re-fit: a search's trial of a candidate, compared only with the other trials of its step)
+    uses this share of the clean images and of each trigger's images."""
     full: bool = False
     """Also score each calibrated trigger at full strength, and count a trigger by the mean of its two successes:
     the calibrated rate registers the first cuts, the full-strength one what is left of a strong backdoor."""
@@ -113,20 +116,24 @@ class AdaptiveObjective:
                         t.params[k].copy_(v)
             if refit:
                 fit(self.model, t, self.others[t.target], self.cfg.refit_steps, self.generator, self.device)
-            rate = success(self.model, t, self.others[t.target], self.device)
+            images = self.others[t.target]
+            images = images if refit else images[:max(1, int(self.cfg.trial_share * len(images)))]
+            rate = success(self.model, t, images, self.device)
             if self.cfg.full and t.strength < 1.0:
                 strength, t.strength = t.strength, 1.0
-                rate = (rate + success(self.model, t, self.others[t.target], self.device)) / 2
+                rate = (rate + success(self.model, t, images, self.device)) / 2
                 t.strength = strength
             out.append((t, rate))
         return out
 
     def metrics(self, selected: Tensor, refit: bool = True) -> dict[str, float]:
-        """Clean accuracy, each trigger's success (re-fitted unless ``refit`` is False: the stale score) and the
-        weighted worst of them (``adversary``) with the ``selected`` neurons masked out."""
+        """Clean accuracy, each trigger's success (re-fitted unless ``refit`` is False: the stale score, on
+        ``trial_share`` of the images) and their weighted aggregate (``adversary``) with the ``selected`` neurons
+        masked out."""
         self.mask.scale = (~selected).float().to(self.device)
+        n = len(self.x) if refit else max(1, int(self.cfg.trial_share * len(self.x)))
         with self.mask.applied():
-            acc = accuracy(self.model, self.x, self.y, self.device)
+            acc = accuracy(self.model, self.x[:n], self.y[:n], self.device)
             rates = self._rates(refit)
         self.evaluations += 1
         weighted = [(self.weights[t.target], v) for t, v in rates]
