@@ -25,8 +25,8 @@ from onp.artifacts import load_attack, load_model
 from onp.bench.runner import read_results, test_sample
 from onp.data import create_dataset
 from onp.defenses.base import DefenseData
+from onp.defenses.onp.evidence import amplified_rates, class_weights
 from onp.defenses.onp.objective import AdaptiveObjective, ObjectiveConfig
-from onp.defenses.onp.evidence import amplified_rates
 from onp.defenses.onp.search import greedy, ranked_greedy
 from onp.defenses.onp.triggers import make_families
 from onp.defenses.pruning import prune_copy
@@ -38,7 +38,7 @@ from onp.scores import unlearn
 from onp.utils.runtime import set_threads
 
 
-def class_weights(model: torch.nn.Module, neurons, data: DefenseData, seed: int, min_weight: float,  # noqa: ANN001
+def evidence_weights(model: torch.nn.Module, neurons, data: DefenseData, seed: int, min_weight: float,  # noqa: ANN001
                   most: int) -> tuple[dict[int, float], list[float]]:
     """Per class: unlearned share + amplified share, over the largest; the classes kept, and all the values."""
     device = torch.device("cpu")
@@ -47,9 +47,7 @@ def class_weights(model: torch.nn.Module, neurons, data: DefenseData, seed: int,
     share = torch.bincount(predict(unlearned, data.x_fit, device), minlength=k).float() / len(data.x_fit)
     amp = torch.tensor(amplified_rates(model, neurons, data.x_fit, data.y_fit, k, device))
     evidence = share + amp
-    w = evidence / evidence.max()
-    order = w.argsort(descending=True)[:most]
-    return {int(c): float(w[c]) for c in order if w[c] >= min_weight}, [round(float(v), 3) for v in evidence]
+    return class_weights(evidence, min_weight, most), [round(float(v), 3) for v in evidence]
 
 
 def main() -> None:
@@ -88,7 +86,7 @@ def main() -> None:
     data, _ = defense_data(train, size=args.defense_size, seed=args.seed)
     neurons = find_neurons(model, data.x_fit[:1])
     t0 = time.perf_counter()
-    weights, evidence = class_weights(model, neurons, data, args.seed, args.min_weight, args.classes)
+    weights, evidence = evidence_weights(model, neurons, data, args.seed, args.min_weight, args.classes)
     t_weights = time.perf_counter() - t0
     cfg = ObjectiveConfig(fit_steps=args.fit_steps, refit_steps=args.refit_steps, images=args.images,
                           aggregate=args.aggregate, rate=args.rate or None, warm=args.warm)

@@ -18,4 +18,4 @@ from onp.defenses.onp.defense import (
     prior_scores,
 )
 
-__all__ = ["ONP", "ONPConfig", "ONPGreedy", "ONPMask", "ONPNoGNN", "ONPNoRL", "PRIOR_WEIGHTS", "onp_repair", "prior_scores"]
+__all__ = ["ONP", "PRIOR_WEIGHTS", "ONPConfig", "ONPGreedy", "ONPMask", "ONPNoGNN", "ONPNoRL", "onp_repair", "prior_scores"]

@@ -29,16 +29,35 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from onp.defenses.base import Defense, DefenseContext, DefenseData, DefenseResult, Pruning
-from onp.defenses.onp.evidence import Evidence, evidence_key, gather_evidence, load_evidence, save_evidence
+from onp.defenses.base import (
+    Defense,
+    DefenseContext,
+    DefenseData,
+    DefenseResult,
+    Pruning,
+)
+from onp.defenses.onp.evidence import (
+    Evidence,
+    evidence_key,
+    gather_evidence,
+    load_evidence,
+    save_evidence,
+)
 from onp.defenses.onp.features import FeatureConfig, trigger_shift
 from onp.defenses.onp.objective import AdaptiveObjective, ObjectiveConfig
-from onp.defenses.onp.search import GreedyResult, RankingProposer, learn_mask, prefix_search, windowed_search
+from onp.defenses.onp.search import (
+    GreedyResult,
+    RankingProposer,
+    learn_mask,
+    prefix_search,
+    windowed_search,
+)
 from onp.defenses.onp.triggers import make_families
 from onp.defenses.pruning import GRANULARITIES, prune_copy
 from onp.defenses.registry import register_defense
 from onp.errors import OnpError
 from onp.graph import build_graph, find_neurons
+from onp.graph.build import NeuronGraph
 
 if TYPE_CHECKING:
     from onp.defenses.onp.agent import Agent
@@ -170,7 +189,7 @@ def onp_repair(model: nn.Module, data: DefenseData, ctx: DefenseContext, cfg: ON
     return DefenseResult(repaired, details, Pruning(neurons, selected, ranking, result.history, chosen))
 
 
-def _evidence(model: nn.Module, graph: Any, data: DefenseData, ctx: DefenseContext, cfg: ONPConfig
+def _evidence(model: nn.Module, graph: NeuronGraph, data: DefenseData, ctx: DefenseContext, cfg: ONPConfig
               ) -> tuple[Evidence, bool]:
     """The evidence from ``ctx.cache_dir`` when ONP or an ablation already gathered it for this model, clean set
     and seed (then ``True``), else gathered (and stored there, if given)."""

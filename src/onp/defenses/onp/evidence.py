@@ -49,11 +49,15 @@ class Evidence:
     timings: dict[str, float]
 
     def class_weights(self, min_weight: float, most: int) -> dict[int, float]:
-        """The classes the triggers aim at: evidence over the largest, at least ``min_weight``, at most ``most``."""
-        ev = torch.tensor(self.classes)
-        w = ev / ev.max().clamp_min(1e-12)
-        order = w.argsort(descending=True)[:most]
-        return {int(c): round(float(w[c]), 4) for c in order if w[c] >= min_weight}
+        """The classes the triggers aim at (:func:`class_weights` of the evidence), rounded for the report."""
+        return {c: round(w, 4) for c, w in class_weights(torch.tensor(self.classes), min_weight, most).items()}
+
+
+def class_weights(evidence: Tensor, min_weight: float, most: int) -> dict[int, float]:
+    """Per class evidence over the largest; the classes of at least ``min_weight`` among the ``most`` largest."""
+    w = evidence / evidence.max().clamp_min(1e-12)
+    order = w.argsort(descending=True)[:most]
+    return {int(c): float(w[c]) for c in order if w[c] >= min_weight}
 
 
 def rates_to_classes(pred: Tensor, y: Tensor, num_classes: int) -> list[float]:

@@ -17,7 +17,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from onp.defenses.onp.triggers import Family, Trigger, calibrate, fit, new_trigger, success
+from onp.defenses.onp.triggers import (
+    Family,
+    Trigger,
+    calibrate,
+    fit,
+    new_trigger,
+    success,
+)
 from onp.errors import OnpError
 from onp.evaluate import accuracy
 from onp.graph.neurons import NeuronMask, Neurons
@@ -107,6 +114,10 @@ class AdaptiveObjective:
         self.acc0 = accuracy(model, x, y, self.device)
         self.evaluations = 0
 
+    def _scored(self, n: int, refit: bool) -> int:
+        """How many of ``n`` images a score uses: all of them, or ``trial_share`` for a stale trial."""
+        return n if refit else max(1, int(self.cfg.trial_share * n))
+
     def _rates(self, refit: bool) -> list[tuple[Trigger, float]]:
         out = []
         for t, base in zip(self.triggers, self.base):
@@ -116,8 +127,7 @@ class AdaptiveObjective:
                         t.params[k].copy_(v)
             if refit:
                 fit(self.model, t, self.others[t.target], self.cfg.refit_steps, self.generator, self.device)
-            images = self.others[t.target]
-            images = images if refit else images[:max(1, int(self.cfg.trial_share * len(images)))]
+            images = self.others[t.target][:self._scored(len(self.others[t.target]), refit)]
             rate = success(self.model, t, images, self.device)
             if self.cfg.full and t.strength < 1.0:
                 strength, t.strength = t.strength, 1.0
@@ -131,7 +141,7 @@ class AdaptiveObjective:
         ``trial_share`` of the images) and their weighted aggregate (``adversary``) with the ``selected`` neurons
         masked out."""
         self.mask.scale = (~selected).float().to(self.device)
-        n = len(self.x) if refit else max(1, int(self.cfg.trial_share * len(self.x)))
+        n = self._scored(len(self.x), refit)
         with self.mask.applied():
             acc = accuracy(self.model, self.x[:n], self.y[:n], self.device)
             rates = self._rates(refit)

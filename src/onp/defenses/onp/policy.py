@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 from torch_geometric.nn import GraphConv
 
@@ -12,8 +11,9 @@ class PruningPolicy(nn.Module):
 
     The encoder is a stack of ``GraphConv`` layers (Morris et al. 2019, "Weisfeiler and Leman Go Neural"),
     ``h_i' = W_1 h_i + W_2 sum_j e_ji h_j``, with the connection strengths ``e_ji`` as edge weights, so a
-    neuron's score mixes in the evidence of the neurons that feed it and that it feeds, and whether they are
-    pruned already (redundant paths). With ``gnn=False`` the encoder is an MLP of the same width: the no-GNN
+    neuron's score mixes in the evidence of the neurons along the edges it is given, and whether they are pruned
+    already (redundant paths). :class:`.agent.Agent` gives it the traced dataflow as it is, so messages come from a
+    neuron's inputs only (the first design also sent them back from its consumers). With ``gnn=False`` the encoder is an MLP of the same width: the no-GNN
     ablation. The head's last layer starts at zero, so that an untrained policy adds nothing to the prior.
 
     Shapes:
