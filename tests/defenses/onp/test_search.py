@@ -31,7 +31,8 @@ class Planted:
 
 def features() -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Feature 0 is noise, feature 1 marks the planted neurons; the prior is a ranking by noise that puts one
-    planted neuron second and the others below the first forty. A chain graph."""
+    planted neuron second and the others below the first forty. A chain graph, its edges one way (the agent adds
+    their reverses)."""
     g = torch.Generator().manual_seed(0)
     feats = torch.randn(N, 2, generator=g)
     feats[:, 1] = 0.0
@@ -42,7 +43,7 @@ def features() -> tuple[Tensor, Tensor, Tensor, Tensor]:
     prior_by_neuron = torch.empty(N)
     prior_by_neuron[torch.tensor(order)] = prior
     edges = torch.stack([torch.arange(N - 1), torch.arange(1, N)])
-    return feats, torch.cat([edges, edges.flip(0)], 1), torch.ones(2 * (N - 1)), prior_by_neuron
+    return feats, edges, torch.ones(N - 1), prior_by_neuron
 
 
 def test_a_learning_agent_finds_what_the_fixed_ranking_misses() -> None:
@@ -54,6 +55,19 @@ def test_a_learning_agent_finds_what_the_fixed_ranking_misses() -> None:
     found = learned.selected.nonzero().flatten().tolist()
     assert set(PLANTED) <= set(found) and len(found) <= len(PLANTED) + 2, found
     assert learned.value > fixed.value + 4
+
+
+def test_the_agent_passes_messages_both_ways_along_an_edge() -> None:
+    """A neuron's logit depends on the features of the neuron it feeds (its consumer) and of the one feeding it."""
+    feats, edge_index, edge_weight, prior = features()
+    agent = Agent(feats, edge_index, edge_weight, prior, seed=0)
+    torch.nn.init.ones_(agent.policy.head.weight)
+    none = torch.zeros(N, dtype=torch.bool)
+    before = agent.logits(none).detach()
+    for neighbour in (4, 6):  # the chain's edges run 4 -> 5 -> 6
+        agent.feats = feats.clone()
+        agent.feats[neighbour] += 5.0
+        assert agent.logits(none)[5] != before[5], neighbour
 
 
 def test_without_learning_the_agent_is_the_fixed_ranking() -> None:

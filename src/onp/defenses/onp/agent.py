@@ -45,7 +45,7 @@ class Agent:
 
     Args:
         feats: (N, F) standardized neuron features.
-        edge_index, edge_weight: the neuron graph.
+        edge_index, edge_weight: the neuron graph (the traced dataflow; the agent adds each edge's reverse).
         prior: (N,) the prior's score (higher: prune first).
         cfg: the policy and its learning.
         seed: the policy's initialization.
@@ -55,7 +55,10 @@ class Agent:
     def __init__(self, feats: Tensor, edge_index: Tensor, edge_weight: Tensor, prior: Tensor,
                  cfg: AgentConfig | None = None, seed: int = 0, allowed: Tensor | None = None) -> None:
         self.cfg = cfg or AgentConfig()
-        self.feats, self.edge_index, self.edge_weight = feats.float(), edge_index, edge_weight.float()
+        # messages pass both ways along each traced edge: a neuron hears from its inputs and from its consumers
+        self.feats = feats.float()
+        self.edge_index = torch.cat([edge_index, edge_index.flip(0)], 1)
+        self.edge_weight = torch.cat([edge_weight, edge_weight]).float()
         self.prior = (prior - prior.mean()) / prior.std().clamp_min(1e-6)
         self.allowed = allowed
         with torch.random.fork_rng(devices=[]):

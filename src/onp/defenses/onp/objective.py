@@ -61,6 +61,11 @@ class ObjectiveConfig:
     full: bool = False
     """Also score each calibrated trigger at full strength, and count a trigger by the mean of its two successes:
     the calibrated rate registers the first cuts, the full-strength one what is left of a strong backdoor."""
+    mirror: bool = False
+    """Measure clean accuracy as the mean over the images and their mirror images. The defender's images are
+    usually training images the model memorized, on which pruning costs less accuracy than on new images; their
+    mirror images are a step away from what was memorized and track the test set's fall more closely
+    (docs/design.md, ONP, the accuracy bound)."""
     warm: str = "last"
     """Where each re-fit starts: ``"last"`` (where the trigger was left by the previous score, so that a sequence of
     scores accumulates optimization) or ``"base"`` (the calibrated trigger of the unpruned network, every time, so
@@ -79,7 +84,10 @@ class AdaptiveObjective:
         families: the trigger families.
         classes: the classes the triggers aim at, with their weights in (0, 1].
         cfg: the budget and the terms.
-        device, seed: where to run; the seed of the draws and of every fit.
+        device, seed: where to run; the seed of the draws and of every fit. Each re-fit of a trigger draws its
+            batches from its own generator seeded afresh, so that with ``warm="base"`` ``J`` is a function of the
+            set alone: the same set scores the same whenever it is scored (a shared generator made ``J`` of one
+            set vary by about 0.01, as much as a late step gains, and the search wandered).
     """
 
     def __init__(self, model: nn.Module, neurons: Neurons, x: Tensor, y: Tensor, families: dict[str, Family],
@@ -92,6 +100,7 @@ class AdaptiveObjective:
             raise OnpError(f"unknown warm start {self.cfg.warm!r}; valid: {', '.join(WARM_STARTS)}")
         self.device = device or torch.device("cpu")
         self.x, self.y = x, y
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
         self.mask = NeuronMask(neurons)
         self.weights = dict(classes)
@@ -111,8 +120,15 @@ class AdaptiveObjective:
             if self.cfg.rate is not None:
                 calibrate(model, t, self.others[t.target], self.device, self.cfg.rate)
         self.base = [{k: v.detach().clone() for k, v in t.params.items()} for t in self.triggers]
-        self.acc0 = accuracy(model, x, y, self.device)
+        self.acc0 = self._accuracy(len(x))
         self.evaluations = 0
+
+    def _accuracy(self, n: int) -> float:
+        """Clean accuracy on the first ``n`` images (and on their mirror images, with ``mirror``)."""
+        acc = accuracy(self.model, self.x[:n], self.y[:n], self.device)
+        if self.cfg.mirror:
+            acc = (acc + accuracy(self.model, self.x[:n].flip(-1), self.y[:n], self.device)) / 2
+        return acc
 
     def _scored(self, n: int, refit: bool) -> int:
         """How many of ``n`` images a score uses: all of them, or ``trial_share`` for a stale trial."""
@@ -120,13 +136,14 @@ class AdaptiveObjective:
 
     def _rates(self, refit: bool) -> list[tuple[Trigger, float]]:
         out = []
-        for t, base in zip(self.triggers, self.base):
+        for i, (t, base) in enumerate(zip(self.triggers, self.base)):
             if refit and self.cfg.warm == "base":
                 with torch.no_grad():
                     for k, v in base.items():
                         t.params[k].copy_(v)
             if refit:
-                fit(self.model, t, self.others[t.target], self.cfg.refit_steps, self.generator, self.device)
+                draws = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+                fit(self.model, t, self.others[t.target], self.cfg.refit_steps, draws, self.device)
             images = self.others[t.target][:self._scored(len(self.others[t.target]), refit)]
             rate = success(self.model, t, images, self.device)
             if self.cfg.full and t.strength < 1.0:
@@ -143,7 +160,7 @@ class AdaptiveObjective:
         self.mask.scale = (~selected).float().to(self.device)
         n = self._scored(len(self.x), refit)
         with self.mask.applied():
-            acc = accuracy(self.model, self.x[:n], self.y[:n], self.device)
+            acc = self._accuracy(n)
             rates = self._rates(refit)
         self.evaluations += 1
         weighted = [(self.weights[t.target], v) for t, v in rates]

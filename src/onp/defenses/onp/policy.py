@@ -12,9 +12,9 @@ class PruningPolicy(nn.Module):
     The encoder is a stack of ``GraphConv`` layers (Morris et al. 2019, "Weisfeiler and Leman Go Neural"),
     ``h_i' = W_1 h_i + W_2 sum_j e_ji h_j``, with the connection strengths ``e_ji`` as edge weights, so a
     neuron's score mixes in the evidence of the neurons along the edges it is given, and whether they are pruned
-    already (redundant paths). :class:`.agent.Agent` gives it the traced dataflow as it is, so messages come from a
-    neuron's inputs only (the first design also sent them back from its consumers). With ``gnn=False`` the encoder is an MLP of the same width: the no-GNN
-    ablation. The head's last layer starts at zero, so that an untrained policy adds nothing to the prior.
+    already (redundant paths). :class:`.agent.Agent` gives it each traced edge in both directions, so messages
+    come from a neuron's inputs and from its consumers. With ``gnn=False`` the encoder is an MLP of the same width:
+    the no-GNN ablation. The head's last layer starts at zero, so that an untrained policy adds nothing to the prior.
 
     Shapes:
         x (N, in_features), edge_index (2, E), edge_weight (E,) -> logits (N,).

@@ -67,7 +67,7 @@ class Patch(Family):
 
     name = "patch"
 
-    def __init__(self, l1: float = 0.01, area: float = 0.02, lr: float = 0.1) -> None:
+    def __init__(self, l1: float = 0.01, area: float = 0.04, lr: float = 0.1) -> None:
         self.l1, self.area, self.lr = l1, area, lr
 
     def init(self, shape: tuple[int, int, int], generator: torch.Generator) -> dict[str, Tensor]:
