@@ -98,7 +98,7 @@ class ONPConfig:
     min_success: float = 0.2  # triggers weaker than this on the unpruned network (at full strength) are dropped
     trial_share: float = 0.5  # share of the images a candidate's trial (no re-fit) is scored on
     full: bool = True  # count a calibrated trigger by the mean of its calibrated and full-strength successes
-    rho: float = 4.0  # J's weight of the pruned share (on a 1,200-neuron net a neuron must buy 0.003 of adversary)
+    rho: float = 1.0  # J's weight of the pruned share (on a 1,200-neuron net a neuron must buy 0.0008 of adversary)
     mirror: bool = True  # clean accuracy also on the images' mirror images (the memorization gap), where the
     # dataset's augmentation flips (not digits, not traffic signs)
     kappa: float = 100.0  # J's weight of the accuracy lost beyond max_drop (100: a point costs more than any
