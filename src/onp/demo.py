@@ -1,4 +1,4 @@
-"""The offline demo: a backdoored model on scikit-learn's digits, then its ONP repair, before and after."""
+"""The offline demo: a backdoored model on scikit-learn's digits (at 16x16), then its ONP repair, before and after."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from onp.training import TrainConfig
 from onp.utils.progress import ProgressFactory, null_progress
 
 DEMO_RUN = AttackRun(
-    data=DataConfig(name="digits"),
+    data=DataConfig(name="digits16"),
     model=ModelConfig(name="small_cnn", width=16),
     attack=AttackConfig(name="badnets", poison_rate=0.1, target_label=0),
     train=TrainConfig(epochs=30, batch_size=64, lr=0.05),
