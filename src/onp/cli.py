@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("demo", help="offline demo on scikit-learn digits (about a minute)")
+    p = sub.add_parser("demo", help="offline demo on scikit-learn digits (about two minutes)")
     p.add_argument("--out", default="runs/demo", help="where the demo's models go (default runs/demo)")
     _common(p)
     p.set_defaults(func=cmd_demo)

@@ -14,7 +14,7 @@ from onp.errors import OnpError
 
 def test_list_datasets() -> None:
     names = list_datasets()
-    assert {"cifar10", "cifar100", "gtsrb", "imagefolder", "digits"} <= set(names)
+    assert {"cifar10", "cifar100", "gtsrb", "imagefolder", "digits", "digits16"} <= set(names)
     assert names == sorted(names)
     assert list_datasets("cifar*") == ["cifar10", "cifar100"]
 
@@ -92,3 +92,12 @@ def test_digits_is_deterministic_and_normalization_matches(digits) -> None:
     x = train.images.double() / 255
     assert train.mean[0] == pytest.approx(float(x.mean()), abs=1e-3)
     assert train.std[0] == pytest.approx(float(x.std()), abs=1e-3)
+
+
+def test_digits16_is_digits_with_each_pixel_a_2x2_block(digits) -> None:
+    for split, small in zip(("train", "test"), digits):
+        big = create_dataset("digits16", None, split)
+        assert big.images.shape[1:] == (1, 16, 16) and torch.equal(big.labels, small.labels)
+        assert torch.equal(big.images[:, :, ::2, ::2], small.images)
+        assert torch.equal(big.images[:, :, 1::2, 1::2], small.images)
+        assert big.name == "digits16" and big.augment.crop_padding == 2
