@@ -241,8 +241,27 @@ def test_unknown_defense_lists_the_valid_names() -> None:
 
 @pytest.mark.parametrize("name", list_defenses())
 def test_unknown_parameter(name: str) -> None:
-    with pytest.raises(OnpError, match=f"bad parameters for defense '{name}'.*no_such_param"):
+    with pytest.raises(OnpError, match=f"defense '{name}' has no parameter 'no_such_param'; valid: "):
         create_defense(name, no_such_param=1)
+
+
+@pytest.mark.parametrize("name", list_defenses())
+def test_every_setting_is_checked_by_its_type(name: str) -> None:
+    """Each numeric or boolean setting refuses a string, NaN and a negative value, before any work."""
+    from onp.registry import param_hints
+
+    hints = param_hints(DEFENSES.get(name))
+    numeric = [k for k, t in hints.items() if t in (int, float)]
+    floats = [k for k, t in hints.items() if t is float]
+    assert numeric and floats, name
+    for key, value, message in ((numeric[0], "abc", "must be"), (floats[0], float("nan"), "finite"),
+                                (numeric[0], -1, "not negative")):
+        with pytest.raises(OnpError, match=message):
+            create_defense(name, **{key: value})
+    flags = [k for k, t in hints.items() if t is bool]
+    for k in flags:
+        with pytest.raises(OnpError, match="true or false"):
+            create_defense(name, **{k: "maybe"})
 
 
 @pytest.mark.parametrize("name", PRUNING)
@@ -263,7 +282,7 @@ def test_bad_onp_setting(param: str, value: Any, message: str) -> None:
 
 @pytest.mark.parametrize("name", ["onp_nognn", "onp_greedy", "onp_norl", "onp_mask"])
 def test_onp_comparators_refuse_to_change_what_they_fix(name: str) -> None:
-    with pytest.raises(OnpError, match=f"{name} fixes"):
+    with pytest.raises(OnpError, match=f"defense '{name}' fixes"):
         create_defense(name, gnn=True, search="agent")
 
 
