@@ -116,3 +116,29 @@ def test_a_read_only_folder_is_one_line(tmp_path: Path, capsys, monkeypatch: pyt
 
     monkeypatch.setattr("tempfile.mkdtemp", denied)
     one_error(["report", str(results), "--out", str(tmp_path / "out")], tmp_path, capsys, "Permission denied")
+
+
+def test_an_unreadable_image_is_one_line(tmp_path: Path, capsys, repair_inputs,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the system refuses while reading (a class folder onp may not read) is one line, nothing written."""
+    clean, weights = repair_inputs
+
+    def denied(path: Path, *a: object, **k: object) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr("onp.data.imagefolder.read_image", denied)
+    one_error(["repair", "--arch", "small_cnn", "--arch-kwargs", "width=4", "--weights", str(weights), "--clean",
+               str(clean), "--out", str(tmp_path / "o")], tmp_path, capsys, "Permission denied")
+
+
+def test_a_zoo_models_relative_data_root_is_found_from_anywhere(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from onp.artifacts import recorded_data_root
+
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    model = tmp_path / "repo" / "zoo" / "m"
+    model.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "repo" / "zoo")  # not where the relative path was recorded
+    meta = {"config": {"data": {"root": "../shared/data"}}}
+    assert recorded_data_root(meta, model) == str(tmp_path / "repo" / "../shared/data")
+    assert recorded_data_root({"config": {"data": {"root": "../nowhere"}}}, model) == "../nowhere"
