@@ -43,6 +43,10 @@ FAST: dict[str, dict[str, Any]] = {
     "onp_greedy": ONP_FAST,
     "onp_mask": {**ONP_FAST, "mask_steps": 4},
     "rnp": {"unlearn_epochs": 2, "recover_epochs": 2, "max_drop": 1.0},
+    "sau": {"rounds": 1},
+    "ftsam": {"epochs": 1},
+    "fst": {"epochs": 1},
+    "btidbf": {"preround": 1, "nround": 2, "mround": 1, "uround": 1, "ul_round": 1, "gen_width": 4, "gen_blocks": 2},
 }
 PRUNING = [n for n in list_defenses() if DEFENSES.get(n).prunes]
 FINE_TUNES_AFTER_PRUNING = {"fineprune"}
