@@ -144,7 +144,8 @@ def test_eval_on_a_users_test_folder(tmp_path: Path, capsys) -> None:
     for c in range(3):
         (tmp_path / "test" / f"c{c}").mkdir(parents=True)
         for i in range(4):
-            Image.fromarray((rng.random((8, 8, 3)) * 255).astype(np.uint8)).save(tmp_path / "test" / f"c{c}" / f"{i}.png")
+            image = Image.fromarray((rng.random((8, 8, 3)) * 255).astype(np.uint8))
+            image.save(tmp_path / "test" / f"c{c}" / f"{i}.png")
     spec = ArchSpec("small_cnn", 3, 3, None, None, {"width": 4})
     save_model(tmp_path / "m", spec.build(), {"arch": spec.to_dict(), "data": {"name": "imagefolder",
                                                                             "image_shape": [3, 8, 8]}})
@@ -182,3 +183,25 @@ def test_the_search_curve_goes_to_tensorboard(tmp_path: Path) -> None:
     events.Reload()
     assert {"search/value", "search/adversary", "search/pruned"} <= set(events.Tags()["scalars"])
     assert [round(e.value, 4) for e in events.Scalars("search/value")] == [0.5, 0.4, 0.3]
+
+
+@pytest.mark.slow
+def test_repair_takes_the_architecture_arguments_of_the_model_json_beside_the_weights(tmp_path: Path,
+                                                                                      capsys) -> None:
+    """`onp repair --arch small_cnn` on an onp model folder builds the width its model.json records (it built the
+    default width and failed to load)."""
+    from onp.artifacts import ArchSpec, save_model
+
+    rng = np.random.default_rng(0)
+    for c in range(3):
+        (tmp_path / "clean" / f"c{c}").mkdir(parents=True)
+        for i in range(6):
+            image = Image.fromarray((rng.random((8, 8, 3)) * 255).astype(np.uint8))
+            image.save(tmp_path / "clean" / f"c{c}" / f"{i}.png")
+    spec = ArchSpec("small_cnn", 3, 3, [0.5] * 3, [0.25] * 3, {"width": 4})
+    save_model(tmp_path / "m", spec.build(), {"arch": spec.to_dict(), "data": {"name": "x", "image_shape": [3, 8, 8]}})
+    code, stdout, err = run(["repair", "--arch", "small_cnn", "--weights", str(tmp_path / "m" / "model.safetensors"),
+                             "--clean", str(tmp_path / "clean"), "--out", str(tmp_path / "o"), "--threads", "1",
+                             "--method", "clp", "--set", "max_drop=1.0"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "o" / "model.json").read_text())["arch"]["kwargs"] == {"width": 4}
