@@ -142,3 +142,25 @@ def test_a_zoo_models_relative_data_root_is_found_from_anywhere(tmp_path: Path,
     meta = {"config": {"data": {"root": "../shared/data"}}}
     assert recorded_data_root(meta, model) == str(tmp_path / "repo" / "../shared/data")
     assert recorded_data_root({"config": {"data": {"root": "../nowhere"}}}, model) == "../nowhere"
+
+
+def test_a_clean_folder_of_one_class_is_refused(tmp_path: Path, capsys, repair_inputs) -> None:
+    """It used to hang: the patch inversion looped over an empty set of other-class images."""
+    _, weights = repair_inputs
+    from tests.cli.test_repair import write_folder
+
+    one = write_folder(tmp_path / "one", classes=1, per_class=4, size=8)
+    one_error(["repair", "--arch", "small_cnn", "--arch-kwargs", "width=4", "--weights", str(weights), "--clean",
+               str(one), "--out", str(tmp_path / "o")], tmp_path, capsys, "at least two classes")
+
+
+def test_huge_images_are_refused_before_they_are_read(tmp_path: Path, capsys, repair_inputs) -> None:
+    """20 images of 4000x4000 ran out of memory; an image above 1024 pixels is refused unless --resize is given."""
+    from PIL import Image
+
+    _, weights = repair_inputs
+    for c in range(2):
+        (tmp_path / "big" / f"c{c}").mkdir(parents=True)
+        Image.new("RGB", (1100, 1100)).save(tmp_path / "big" / f"c{c}" / "0.png")
+    one_error(["repair", "--arch", "small_cnn", "--arch-kwargs", "width=4", "--weights", str(weights), "--clean",
+               str(tmp_path / "big"), "--out", str(tmp_path / "o")], tmp_path, capsys, "1100x1100")
