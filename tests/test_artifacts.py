@@ -21,7 +21,7 @@ from onp.artifacts import (
 )
 from onp.attacks import create_attack
 from onp.errors import OnpError
-from onp.utils.io import atomic_dir, load_tensors
+from onp.utils.io import MANIFEST, atomic_dir, load_tensors, save_tensors
 
 
 def small_spec(width: int = 4) -> ArchSpec:
@@ -51,7 +51,7 @@ def saved(tmp_path: Path) -> tuple[Path, torch.nn.Module]:
 
 def test_round_trip(saved: tuple[Path, torch.nn.Module]) -> None:
     path, model = saved
-    assert sorted(p.name for p in path.iterdir()) == sorted([WEIGHTS, META])
+    assert sorted(p.name for p in path.iterdir()) == sorted([WEIGHTS, META, MANIFEST])
     loaded, meta = load_model(path)
     assert not loaded.training
     assert meta["arch"]["kwargs"] == {"width": 4}
@@ -178,7 +178,9 @@ def test_pickle_that_runs_code_is_refused(tmp_path: Path) -> None:
     assert not pwned.exists()
     with pytest.raises(OnpError) as e:
         load_tensors(tmp_path / "evil.pt")
-    assert "weights_only" in str(e.value)
+    message = str(e.value)
+    assert "weights_only=True" in message and "would run code" in message and "posix.system" in message
+    assert "\n" not in message and "weights_only=False" not in message  # one line, no advice to load it unsafely
     assert not pwned.exists(), "loading ran the pickle's code"
 
 
@@ -191,24 +193,27 @@ def test_atomic_dir_leaves_nothing_on_error(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_atomic_dir_keeps_the_old_directory_on_error(tmp_path: Path) -> None:
+def test_atomic_dir_keeps_the_old_output_on_error(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
-    (out / "old.txt").write_text("old")
-    with pytest.raises(RuntimeError), atomic_dir(out) as d:
-        (d / "new.txt").write_text("new")
+    (out / "model.json").write_text("old")
+    with pytest.raises(RuntimeError), atomic_dir(out, overwrite=True) as d:
+        (d / "model.json").write_text("new")
         raise RuntimeError("killed")
-    assert sorted(p.name for p in out.iterdir()) == ["old.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["model.json"]
+    assert (out / "model.json").read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
-def test_atomic_dir_replaces_on_success(tmp_path: Path) -> None:
+def test_atomic_dir_replaces_an_earlier_output_on_success(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
-    (out / "old.txt").write_text("old")
-    with atomic_dir(out) as d:
-        (d / "new.txt").write_text("new")
-    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
+    (out / "model.json").write_text("old")
+    (out / "report.json").write_text("old")
+    with atomic_dir(out, overwrite=True) as d:
+        (d / "model.json").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == [".onp-output.json", "model.json"]
+    assert (out / "model.json").read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
@@ -222,8 +227,47 @@ def test_save_model_failure_leaves_no_directory(tmp_path: Path) -> None:
 def test_malformed_arch_metadata(saved: tuple[Path, torch.nn.Module]) -> None:
     path = saved[0]
     (path / META).write_text(json.dumps({"arch": {"name": "small_cnn"}}))
-    with pytest.raises(OnpError, match="malformed architecture"):
+    with pytest.raises(OnpError, match="arch.num_classes"):
         load_model(path)
     (path / META).write_text("{not json")
     with pytest.raises(OnpError, match="not valid JSON"):
         load_model(path)
+
+
+def _arch(**kw: object) -> dict:
+    return {**small_spec().to_dict(), **kw}
+
+
+@pytest.mark.parametrize(("meta", "needle"), [
+    ([1, 2], "must hold a mapping"),
+    (None, "must hold a mapping"),
+    ({"arch": _arch(kwargs={"width": 4, "depth": 9})}, "bad arguments for model"),
+    ({"arch": _arch(kwargs={"width": -4})}, "arch.kwargs.width"),
+    ({"arch": _arch(mean="abc", std=[1.0])}, "--mean"),
+    ({"arch": _arch(mean=[0.5], std=[0.0])}, "--std must be above 0"),
+    ({"arch": _arch(mean=[float("nan")], std=[1.0])}, "--mean"),
+    ({"arch": _arch(), "data": {"image_shape": ["a", "b", "c"]}}, "image_shape"),
+    ({"arch": _arch(kwargs={"width": 30000})}, "do not fit"),
+])
+def test_hostile_metadata_is_one_error(saved: tuple[Path, torch.nn.Module], meta: object, needle: str) -> None:
+    """model.json is untrusted: each malformed field is one OnpError (width 30000 before 65 GB are allocated)."""
+    path = saved[0]
+    (path / META).write_text(json.dumps(meta))
+    with pytest.raises(OnpError, match=needle):
+        load_model(path)
+
+
+def test_integer_weights_for_float_parameters_are_refused(saved: tuple[Path, torch.nn.Module]) -> None:
+    path = saved[0]
+    state = load_tensors(path / WEIGHTS)
+    save_tensors(path / WEIGHTS, {k: (v * 100).long() if v.is_floating_point() else v for k, v in state.items()})
+    with pytest.raises(OnpError, match="not floating point"):
+        load_model(path)
+
+
+def test_an_attack_record_without_target_is_one_error(saved: tuple[Path, torch.nn.Module]) -> None:
+    path = saved[0]
+    meta = json.loads((path / META).read_text())
+    meta["attack"] = {"name": "badnets", "poison_rate": 0.1, "all_to_all": False, "seed": 0}
+    with pytest.raises(OnpError, match="target_label"):
+        load_attack(path, meta)

@@ -59,7 +59,7 @@ BAD_ATTACKS: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
                       ["unknown model 'resnet19'", *list_models()]),
     "unknown-attack": (lambda t: ["--dataset", "digits", "--attack", "badnet"],
                        ["unknown attack 'badnet'", *list_attacks()]),
-    "poison-rate-0": (lambda t: ["--dataset", "digits", "--poison-rate", "0"], ["poison rate", "(0, 1]", "got 0"]),
+    "poison-rate-0": (lambda t: ["--dataset", "digits", "--poison-rate", "0"], ["poison_rate", "(0, 1]", "got 0"]),
     "poison-rate-1.5": (lambda t: ["--dataset", "digits", "--poison-rate", "1.5"], ["(0, 1]", "got 1.5"]),
     "target-10": (lambda t: ["--dataset", "digits", "--target", "10"], ["target label 10", "out of range [0, 10)"]),
     "unknown-set-key": (lambda t: ["--dataset", "digits", "--set", "train.epoch=2"],
@@ -157,7 +157,8 @@ def test_attack_then_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert meta["seed"] == 3 and meta["config"]["seed"] == 3 and meta["config"]["train"]["epochs"] == 1
     assert len(meta["history"]) == 1
     assert meta["torch"] == torch.__version__ and meta["git"]
-    assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.safetensors"]  # badnets: no trigger file
+    # badnets: no trigger file
+    assert sorted(p.name for p in out.iterdir()) == [".onp-output.json", "model.json", "model.safetensors"]
 
     assert main(["eval", str(out), "--json", "--threads", "1", "--device", "cpu"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
@@ -191,6 +192,7 @@ def test_eval_with_the_trigger_of_another_model(tmp_path: Path, digits_model: Pa
 def test_report_with_bad_checks_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     results = tmp_path / "r.jsonl"
     results.write_text('{"id": "m/clp-s0", "defense": "clp", "attack": {"name": "badnets"}, "seed": 0, "asr": 0.1, '
+                       '"model_id": "m", '
                        '"clean_acc": 0.9, "ra": 0.8, "der": 0.9, "wall_time": 1.0, '
                        '"before": {"clean_acc": 0.9, "asr": 1.0, "ra": 0.0}}\n')
     checks = tmp_path / "checks.yaml"

@@ -86,7 +86,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
     clean = args.command == "train"
     cfg = load_config(AttackRun, args.config, _attack_overrides(args))
-    meta = run_attack(cfg, progress=_progress(), clean=clean)
+    meta = run_attack(cfg, progress=_progress(), clean=clean, overwrite=args.overwrite)
     print(f"saved {cfg.out}")
     print_table([{"attack": "none" if clean else cfg.attack.name, **meta["metrics"]}],
                 [("attack", "attack"), ("clean_acc", "ACC %"), ("asr", "ASR %"), ("ra", "RA %")])
@@ -101,7 +101,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     rows = []
     for path in args.models:
         m = run_eval(path, data_root=args.data_root, arch=args.arch, device=args.device, progress=_progress(),
-                     trigger_from=args.trigger_from)
+                     trigger_from=args.trigger_from, images=args.images)
         rows.append({"model": str(path), **m})
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -130,14 +130,14 @@ def _pruned(outcome: Any) -> str:
 
 
 def cmd_defend(args: argparse.Namespace) -> int:
-    from onp.repair import run_defend
+    from onp.defense_runs import run_defend
     from onp.utils.runtime import set_threads
 
     set_threads(args.threads)
     outcome = run_defend(args.model, args.method, _defense_params(args), args.out, data_root=args.data_root,
                          defense_size=args.defense_size, defense_fraction=args.defense_fraction, seed=args.seed,
                          device=args.device, arch=args.arch, evaluate_after=not args.no_eval, slim=args.slim,
-                         progress=_progress())
+                         progress=_progress(), overwrite=args.overwrite)
     print(f"saved {args.out} ({_pruned(outcome)} neurons pruned, {outcome.wall_time:.0f} s)")
     _before_after(outcome)
     return 0
@@ -153,17 +153,31 @@ def _floats(text: str | None) -> list[float] | None:
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
-    from onp.repair import run_repair
+    from onp.config import parse_set
+    from onp.defense_runs import run_repair
     from onp.utils.runtime import set_threads
 
     set_threads(args.threads)
     outcome = run_repair(args.arch, args.weights, args.clean, args.out, args.method, _defense_params(args),
                          input_size=args.input_size, resize=args.resize, mean=_floats(args.mean),
                          std=_floats(args.std), seed=args.seed, device=args.device, slim=args.slim,
-                         progress=_progress())
-    print(f"saved {args.out}: {_pruned(outcome)} neurons pruned in {outcome.wall_time:.0f} s; clean accuracy on "
-          f"held-out clean images {100 * outcome.clean_acc_defense_val:.2f}%")
+                         progress=_progress(), overwrite=args.overwrite,
+                         arch_kwargs=parse_set(args.arch_kwargs) if args.arch_kwargs else None)
+    print(f"saved {args.out} (the report is {Path(args.out) / 'report.json'})")
+    print_summary(outcome.summary(), outcome.defense.name)
     return 0
+
+
+def print_summary(s: dict[str, Any], method: str) -> None:
+    """The repair's before/after table: clean accuracy on the held-out clean images, then what was done."""
+    print_table([{"model": "before", "clean_acc": s["clean_acc_before"]},
+                 {"model": f"after {method}", "clean_acc": s["clean_acc_after"]}],
+                [("model", "model"), ("clean_acc", f"ACC % ({s['held_out_images']} held-out clean images)")])
+    pruned = "-" if s["neurons_pruned"] is None else f"{s['neurons_pruned']} of {s['neurons']}"
+    target, name = s["suspected_target"], s.get("suspected_target_name")
+    name = f" ({name})" if name else ""
+    print(f"neurons pruned: {pruned}; suspected target class: {'-' if target is None else f'{target}{name}'}; "
+          f"time: {s['seconds']:.0f} s")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -204,6 +218,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # --- parser ----------------------------------------------------------------------------------------------------
+OVERWRITE_HELP = "replace an earlier onp output at --out (a folder holding anything else is always refused)"
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the usable cores)")
@@ -229,6 +246,7 @@ def _attack_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference-epochs", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--out", help="output directory (default runs/model)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. attack.params.alpha=0.1")
     _common(p)
     p.set_defaults(func=cmd_attack)
@@ -254,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trigger-from", metavar="DIR",
                    help="evaluate with the dataset and trigger of this model made by onp attack (for models "
                         "repaired by onp repair)")
+    p.add_argument("--images", metavar="DIR",
+                   help="measure on this folder of class folders (your own test images) instead of the test split")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _common(p)
     p.set_defaults(func=cmd_eval)
@@ -262,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model directory (from onp attack)")
     p.add_argument("--method", default="onp", help="defense name (onp list defenses)")
     p.add_argument("--out", required=True, help="output directory of the repaired model")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--data-root", help="dataset folder (default: the one recorded in the model)")
     p.add_argument("--defense-size", type=int, default=500, help="clean images, class-balanced (default 500)")
     p.add_argument("--defense-fraction", type=float, help="or a fraction of the training set (0.01 = 1%%)")
@@ -278,7 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", required=True, help="model.safetensors (or a .pt/.pth state dict, loaded safely)")
     p.add_argument("--clean", required=True, help="folder of clean images in class subfolders")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--method", default="onp", help="defense name (default onp)")
+    p.add_argument("--arch-kwargs", action="append", metavar="KEY=VALUE",
+                   help="architecture argument, e.g. width=16 (default: from a model.json beside the weights)")
     p.add_argument("--input-size", type=int, help="image side the model takes (default: from model.json, if any)")
     p.add_argument("--resize", action="store_true", help="resize the clean images to --input-size")
     p.add_argument("--mean", help="normalization mean, comma-separated, if the model expects normalized input")
@@ -332,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
             return func(args)
     except OnpError as e:
         print(f"onp: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a folder onp may not write, a file it may not read: the system's words, one line
+        print(f"onp: error: {e.strerror or e}: {e.filename}" if e.filename else f"onp: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("onp: interrupted", file=sys.stderr)

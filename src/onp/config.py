@@ -11,10 +11,12 @@ from typing import Any, TypeVar
 
 import yaml
 
-from onp.errors import OnpError
+from onp.errors import OnpError, at_least, within
 from onp.training import TrainConfig
 
 T = TypeVar("T")
+MAX_SEED = 2**63 - 1  # torch's generators take at most this
+MAX_WIDTH = 4096  # a ResNet-18 this wide would have about 45 G parameters: no run here gets near it
 
 
 @dataclass
@@ -38,6 +40,12 @@ class ModelConfig:
     width: int | None = None
     """Base width (ResNet: channels of the first stage); None keeps the architecture's default."""
 
+    def __post_init__(self) -> None:
+        if self.width is not None:
+            at_least(self.width, 1, "model.width")
+            if self.width > MAX_WIDTH:
+                raise OnpError(f"model.width {self.width} is above {MAX_WIDTH}: its weights would not fit in memory")
+
     def kwargs(self) -> dict[str, Any]:
         return {} if self.width is None else {"width": self.width}
 
@@ -56,6 +64,10 @@ class AttackConfig:
     """Label y goes to (y + 1) mod K instead."""
     params: dict[str, Any] = field(default_factory=dict)
     """Trigger parameters overriding the paper defaults (see each attack's docstring)."""
+
+    def __post_init__(self) -> None:
+        within(self.poison_rate, 0, 1, "attack.poison_rate", low_open=True)
+        at_least(self.target_label, 0, "attack.target_label")
 
 
 @dataclass
@@ -78,6 +90,14 @@ class AttackRun:
     """Torch intra-op threads (default: the cores this process may use)."""
     out: str = "runs/model"
     """Output directory of the model."""
+
+    def __post_init__(self) -> None:
+        at_least(self.reference_epochs, 1, "reference_epochs")
+        at_least(self.seed, 0, "seed")
+        if self.seed > MAX_SEED:
+            raise OnpError(f"seed must be at most {MAX_SEED}, got {self.seed}")
+        if self.threads is not None:
+            at_least(self.threads, 1, "threads")
 
 
 def _field_types(cls: type) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from onp.config import AttackConfig, AttackRun, DataConfig, ModelConfig
-from onp.repair import run_defend
+from onp.defense_runs import run_defend
 from onp.runs import run_attack
 from onp.training import TrainConfig
 from onp.utils.progress import ProgressFactory, null_progress
@@ -31,11 +31,11 @@ def run_demo(out: str | Path, progress: ProgressFactory = null_progress) -> list
     out = Path(out)
     cfg = AttackRun(**{**DEMO_RUN.__dict__, "out": str(out / "backdoored")})
     t0 = time.perf_counter()
-    meta = run_attack(cfg, progress)
+    meta = run_attack(cfg, progress, overwrite=True)  # the demo replaces its own earlier outputs
     rows = [{"model": "backdoored", **meta["metrics"], "seconds": round(time.perf_counter() - t0, 1)}]
     t0 = time.perf_counter()
     outcome = run_defend(out / "backdoored", "onp", {}, out / "onp", defense_size=DEMO_DEFENSE_SIZE, seed=0,
-                         progress=progress)
+                         progress=progress, overwrite=True)
     pruning = outcome.pruning
     assert pruning is not None and outcome.metrics is not None  # ONP prunes; run_defend measures after
     rows.append({"model": f"ONP ({pruning.num_pruned} of {len(pruning.neurons)} neurons pruned)",

@@ -37,7 +37,9 @@ class DefenseOutcome:
         seed: the defense seed (clean split, initializations).
         wall_time: seconds the defense ran (the split and the test-set measurements excluded).
         clean_acc_defense_val: the repaired model's accuracy on the held-out part.
+        clean_acc_defense_val_before: the original model's accuracy there.
         metrics: ``{"before": ..., "after": ...}`` test-set ACC/ASR/RA, measured after the defense, or ``None``.
+        class_names: the clean images' class names, for the report.
     """
 
     defense: Defense
@@ -47,7 +49,9 @@ class DefenseOutcome:
     seed: int
     wall_time: float
     clean_acc_defense_val: float
+    clean_acc_defense_val_before: float | None = None
     metrics: dict[str, dict[str, float]] | None = None
+    class_names: list[str] | None = None
 
     @property
     def model(self) -> nn.Module:
@@ -57,10 +61,29 @@ class DefenseOutcome:
     def pruning(self) -> Pruning | None:
         return self.result.pruning
 
+    def suspected_target(self) -> int | None:
+        """The class the defense treats as the backdoor's target (ONP: the class its triggers aim at most), or
+        None for a defense that does not estimate one."""
+        weights = (self.result.details.get("classes") or {}).get("weights") or {}
+        return int(max(weights, key=lambda c: weights[c])) if weights else None
+
+    def summary(self) -> dict[str, Any]:
+        """What a practitioner reads first: held-out clean accuracy before and after, what was pruned, the suspected
+        target, the time."""
+        p = self.pruning
+        target = self.suspected_target()
+        names = self.class_names or []
+        return {"held_out_images": len(self.data.y_val), "clean_acc_before": self.clean_acc_defense_val_before,
+                "clean_acc_after": self.clean_acc_defense_val, "neurons_pruned": None if p is None else p.num_pruned,
+                "neurons": None if p is None else len(p.neurons), "suspected_target": target,
+                "suspected_target_name": names[target] if target is not None and target < len(names) else None,
+                "seconds": round(self.wall_time, 1)}
+
     def to_json(self) -> dict[str, Any]:
         """The report: method, hyperparameters, what was pruned (layer and channel of each neuron), the ranking
         and the clean-set curve the stop chose from, the method's details, timings and the clean split."""
-        report: dict[str, Any] = {"method": self.defense.name, "params": self.defense.params()}
+        report: dict[str, Any] = {"method": self.defense.name, "params": self.defense.params(),
+                                  "summary": self.summary()}
         p = self.pruning
         if p is not None:
             report.update({
@@ -116,7 +139,8 @@ def defend(model: nn.Module, defense: Defense, clean: ImageDataset, *, size: int
     wall = time.perf_counter() - t0
     split = {"source": source, "size": len(idx), "seed": seed, "indices_sha": stable_hash(idx.tolist())}
     outcome = DefenseOutcome(defense, result, data, split, seed, wall,
-                             accuracy(result.model, data.x_val, data.y_val, device))
+                             accuracy(result.model, data.x_val, data.y_val, device),
+                             accuracy(model, data.x_val, data.y_val, device), class_names=list(clean.classes))
     if test is not None:
         # the defense has finished: only now the test set and the trigger are used
         outcome.metrics = {"before": before or evaluate(model, test, attack, device, progress=progress),

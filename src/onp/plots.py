@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 
 def _plt():  # noqa: ANN202 - matplotlib takes a while to import, and only the plots need it
-    import matplotlib
-
+    """matplotlib's pyplot, or None when it is not installed (``pip install onp[plot]``): the plots are skipped and
+    the tables, CSV and JSON are written without them."""
+    try:
+        import matplotlib
+    except ImportError:
+        log.warning("matplotlib is not installed (pip install 'onp[plot]'): plots skipped")
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -19,6 +27,8 @@ def plot_search_curve(history: list[dict[str, Any]], path: str | Path, title: st
     """ONP's search, step by step: the objective J, and the fit-set accuracy and the triggers' weighted success
     (the adversary) of each set it scored, against the neurons pruned."""
     plt = _plt()
+    if plt is None:
+        return
     x = [h["pruned"] for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
     a.plot(x, [h["value"] for h in history], marker=".", label="J")
@@ -56,6 +66,8 @@ def plot_asr_vs_acc(rows: list[dict[str, Any]], path: str | Path) -> None:
     """Every cell as a point (clean accuracy, attack success), one marker per defense; the corner at high ACC
     and low ASR is where a defense should land."""
     plt = _plt()
+    if plt is None:
+        return
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     markers = "osD^vP*XhH<>"
     for i, (name, rs) in enumerate(sorted(_by(rows, "defense").items())):
@@ -77,14 +89,20 @@ def plot_bars(table: dict[str, dict[str, tuple[float, float]]], attacks: list[st
               metric: str, path: str | Path) -> None:
     """Grouped bars: ``metric`` (mean with std error bars over seeds) per attack, one bar per defense."""
     plt = _plt()
+    if plt is None:
+        return
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(attacks) + 2), 3.8))
     width = 0.8 / max(len(defenses), 1)
     for j, d in enumerate(defenses):
         xs = [i + j * width for i in range(len(attacks))]
         vals = [table.get(a, {}).get(d, (float("nan"), 0.0)) for a in attacks]
-        ax.bar(xs, [100 * v[0] for v in vals], width, yerr=[100 * v[1] for v in vals], label=d, capsize=2)
+        means = [100 * v[0] for v in vals]
+        # a rate is never below 0%: the lower bar stops there
+        low = [min(100 * v[1], m) if m == m else 0.0 for v, m in zip(vals, means)]
+        ax.bar(xs, means, width, yerr=[low, [100 * v[1] for v in vals]], label=d, capsize=2)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(attacks))], attacks, rotation=20)
     ax.set_ylabel(f"{metric} (%)")
+    ax.set_ylim(0, 105)
     ax.legend(fontsize=7, ncol=min(len(defenses), 5))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -96,6 +114,8 @@ def plot_search_curves(rows: list[dict[str, Any]], path: str | Path) -> None:
     """The objective J of each set the search scored against the neurons pruned: one panel per defense that
     searches (ONP and its comparators), one color per attack, one line style per seed."""
     plt = _plt()
+    if plt is None:
+        return
     by_defense = _by([r for r in rows if r.get("selection_curve")], "defense")
     if not by_defense:
         return
@@ -121,6 +141,8 @@ def plot_search_curves(rows: list[dict[str, Any]], path: str | Path) -> None:
 def plot_pruning_curves(rows: list[dict[str, Any]], path: str | Path) -> None:
     """Test ACC (solid) and ASR (dashed) against neurons pruned, one panel per attack, one color per defense."""
     plt = _plt()
+    if plt is None:
+        return
     by_attack = _by([r for r in rows if r.get("pruning_curve")], "model_id")
     if not by_attack:
         return
@@ -137,8 +159,13 @@ def plot_pruning_curves(rows: list[dict[str, Any]], path: str | Path) -> None:
             pts = r["pruning_curve"]
             ax.plot([p["pruned"] for p in pts], [100 * p["clean_acc"] for p in pts], color=c, label=r["defense"])
             ax.plot([p["pruned"] for p in pts], [100 * p["asr"] for p in pts], color=c, linestyle="--")
+            chosen = (r.get("chosen") or {}).get("pruned")
+            at = [p for p in pts if p["pruned"] == chosen]
+            if at:  # the set the defense chose, on both curves
+                ax.scatter([chosen] * 2, [100 * at[0]["clean_acc"], 100 * at[0]["asr"]], color=c, s=18, zorder=3)
         ax.set_title(rs[0]["attack"]["name"], fontsize=9)
         ax.set_xlabel("neurons pruned", fontsize=8)
+        ax.set_ylabel("test ACC / ASR (%)", fontsize=8)
         # the backdoor neurons sit in the first tens; a linear axis up to 30% of the network squeezes them
         ax.set_xscale("symlog", linthresh=10)
         ax.grid(alpha=0.3)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from onp.artifacts import ArchSpec, load_attack, load_model, read_model_meta, save_model
+from onp.artifacts import ArchSpec, load_attack, load_model, read_model_meta, recorded_data_root, save_model
 from onp.attacks import create_attack
 from onp.config import AttackRun, to_dict
 from onp.data import ImageDataset, create_dataset
@@ -19,7 +19,7 @@ from onp.errors import OnpError
 from onp.evaluate import evaluate
 from onp.models.user import is_user_spec
 from onp.training import TrainConfig, train_model
-from onp.utils.io import stable_hash
+from onp.utils.io import check_output, make_parents, remove_if_empty, stable_hash
 from onp.utils.progress import ProgressFactory, null_progress
 from onp.utils.runtime import provenance, resolve_device, seed_everything, set_threads
 
@@ -64,6 +64,7 @@ def reference_model(cfg: AttackRun, train: ImageDataset, device: torch.device,
     seed_everything(cfg.seed + 7919)
     model = spec.build()
     ckpt = checkpoint_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)  # onp's own cache
     history = train_model(model, train, tcfg, device, seed=cfg.seed + 7919, progress=progress, checkpoint=ckpt,
                           checkpoint_key=key)
     save_model(path, model, {"arch": spec.to_dict(), "data": {"name": cfg.data.name,
@@ -84,15 +85,17 @@ def _training_key(cfg: AttackRun, data: Any) -> str:
 
 def checkpoint_path(out: str | Path) -> Path:
     """The per-epoch training checkpoint of a model bound for ``out``: a hidden file beside it, removed once
-    the model is saved, so a killed training resumes at its last finished epoch."""
+    the model is saved, so a killed training resumes at its last finished epoch. The caller creates the folder."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     return out.parent / f".{out.name}.ckpt"
 
 
-def run_attack(cfg: AttackRun, progress: ProgressFactory = null_progress, clean: bool = False) -> dict[str, Any]:
+def run_attack(cfg: AttackRun, progress: ProgressFactory = null_progress, clean: bool = False,
+               overwrite: bool = False) -> dict[str, Any]:
     """Train a backdoored model as ``cfg`` says (a clean one with ``clean=True``), evaluate it, and save it to
-    ``cfg.out``; return its metadata."""
+    ``cfg.out`` (``overwrite``: replace an earlier onp output there); return its metadata."""
+    inputs = [p for p in (cfg.data.root, cfg.reference) if p]
+    check_output(cfg.out, overwrite, inputs=tuple(inputs))
     t0 = time.perf_counter()
     set_threads(cfg.threads)
     device = resolve_device(cfg.device)
@@ -110,8 +113,13 @@ def run_attack(cfg: AttackRun, progress: ProgressFactory = null_progress, clean:
     seed_everything(cfg.seed)
     model = spec.build()
     ckpt = checkpoint_path(cfg.out)
-    history = train_model(model, data, cfg.train, device, seed=cfg.seed, progress=progress, checkpoint=ckpt,
-                          checkpoint_key=_training_key(cfg, data))
+    created = make_parents(ckpt)
+    try:
+        history = train_model(model, data, cfg.train, device, seed=cfg.seed, progress=progress, checkpoint=ckpt,
+                              checkpoint_key=_training_key(cfg, data))
+    except Exception:
+        remove_if_empty(created)  # a checkpoint already written stays, so the run resumes
+        raise
     metrics = evaluate(model, test, attack, device, progress=progress)
     poison = None if attack is None else {"num_poisoned": len(data.poison_idx), "num_cross": len(data.cross_idx)}
     meta = {
@@ -128,28 +136,39 @@ def run_attack(cfg: AttackRun, progress: ProgressFactory = null_progress, clean:
         "wall_time": time.perf_counter() - t0,
         **provenance(),
     }
-    save_model(cfg.out, model, meta, None if attack is None else attack.trigger_state())
+    save_model(cfg.out, model, meta, None if attack is None else attack.trigger_state(), overwrite=overwrite)
     ckpt.unlink(missing_ok=True)
     log.info("saved %s: %s", cfg.out, metrics)
     return meta
 
 
 def run_eval(path: str | Path, data_root: str | None = None, arch: str | None = None, device: str = "auto",
-             progress: ProgressFactory = null_progress, trigger_from: str | Path | None = None) -> dict[str, float]:
+             progress: ProgressFactory = null_progress, trigger_from: str | Path | None = None,
+             images: str | Path | None = None) -> dict[str, float]:
     """ACC, ASR, RA of the saved model at ``path`` on its dataset's test split.
 
     ``trigger_from``: a model directory made by ``onp attack`` whose dataset and trigger to use instead of
-    ``path``'s own (for a model repaired by ``onp repair``, whose metadata knows neither).
+    ``path``'s own (for a model repaired by ``onp repair``, whose metadata knows neither). ``images``: a folder of
+    class folders to measure on instead (a practitioner's own test images; ACC, and ASR and RA with
+    ``trigger_from``).
     """
     dev = resolve_device(device)
     model, meta = load_model(path, arch)
+    if images is not None:
+        test = create_dataset("imagefolder", images, "test")
+        attack = None
+        if trigger_from is not None:
+            attack = load_attack(trigger_from, read_model_meta(trigger_from))
+            if attack is None:
+                raise OnpError(f"{trigger_from} records no attack; --trigger-from needs a model made by onp attack")
+        return evaluate(model.to(dev), test, attack, dev, progress=progress)
     source, source_path = meta, path
     if trigger_from is not None:
         source, source_path = read_model_meta(trigger_from), trigger_from
         if not source.get("attack"):
             raise OnpError(f"{trigger_from} records no attack; --trigger-from needs a model made by onp attack")
     data = source.get("data") or {}
-    root = data_root or (source.get("config") or {}).get("data", {}).get("root")
+    root = data_root or recorded_data_root(source, source_path)
     test = create_dataset(data.get("name", "cifar10"), root, "test")
     attack = load_attack(source_path, source)
     return evaluate(model.to(dev), test, attack, dev, progress=progress)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from onp.attacks.base import PoisonedDataset
 from onp.data.base import ImageDataset
-from onp.errors import OnpError
+from onp.errors import OnpError, at_least, within
 from onp.utils.progress import ProgressFactory, null_progress
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,13 @@ class TrainConfig:
     """L2 weight decay."""
     augment: bool = True
     """Apply the dataset's augmentation (random crop, flip where it makes sense)."""
+
+    def __post_init__(self) -> None:
+        at_least(self.epochs, 1, "train.epochs")
+        at_least(self.batch_size, 1, "train.batch_size")
+        within(self.lr, 0, 10, "train.lr", low_open=True)
+        within(self.momentum, 0, 1, "train.momentum")
+        within(self.weight_decay, 0, 1, "train.weight_decay")
 
 
 def _batch(data: ImageDataset | PoisonedDataset, idx: Tensor) -> tuple[Tensor, Tensor]:

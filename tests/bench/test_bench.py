@@ -107,12 +107,14 @@ def test_a_failing_cell_is_reported_and_does_not_stop_the_others(grid: tuple[Pat
     cfg_path, reference = grid
     text = cfg_path.read_text().replace("  - {name: finetune, params: {epochs: 1}}",
                                         "  - {name: finetune, params: {epochs: 1}}\n"
-                                        "  - {name: finetune, label: broken, params: {epochs: oops}}")
+                                        "  - {name: finetune, label: broken, params: {epochs: 1}}")
     broken = tmp_path / "broken.yaml"
     broken.write_text(text)
+    cfg = load_bench(broken)
+    cfg.defenses[-1].params["epochs"] = "oops"  # past the config's checks: a cell that fails only when it runs
     results = tmp_path / "broken.jsonl"
     with pytest.raises(OnpError, match="2 of 6 cells failed"):
-        run_bench(load_bench(broken), results)
+        run_bench(cfg, results)
     rows = read_results(results)
     assert stable(rows) == stable(reference)  # the four good cells, as in an uninterrupted run
 
@@ -175,6 +177,27 @@ def test_report_writes_tables_and_plots(grid: tuple[Path, list[dict]], tmp_path:
         assert float(ln[4]) >= float(ln[3]) and float(ln[6]) >= float(ln[5])
     for png in ("asr_vs_acc.png", "asr_bars.png", "clean_acc_bars.png", "pruning_curves.png"):
         assert (out / png).stat().st_size > 1000, png
+    assert "*Attack success per attack and defense" in md  # plots carry captions, not file names
+    # BackdoorBench's leaderboard columns, one line per cell
+    import csv
+
+    table = list(csv.DictReader((out / "tiny.csv").open()))
+    assert list(table[0]) == ["dataset", "model", "attack", "poisoning_ratio", "defense", "seed", "C-Acc", "ASR",
+                              "R-Acc", "DER"]
+    assert len(table) == len(rows) and all(0 <= float(t["C-Acc"]) <= 100 for t in table)
+
+
+def test_ties_are_bold_in_every_cell_and_sig_names_its_test_amplitude() -> None:
+    from onp.bench.report import aggregate, metric_table
+
+    def row(defense: str, asr: float) -> dict:
+        return {"defense": defense, "attack": {"name": "sig", "params": {"test_delta": 40 / 255}}, "seed": 0,
+                "model_id": "m", "clean_acc": 0.9, "asr": asr, "ra": 0.5, "der": 0.9, "wall_time": 1.0,
+                "before": {"clean_acc": 0.9, "asr": 0.9, "ra": 0.1}}
+
+    table = metric_table(aggregate([row("a", 0.01001), row("b", 0.01003), row("c", 0.5)]), "asr", "ASR", min)
+    assert table[1][0] == "sig (test amplitude 40/255)"
+    assert table[1][2:] == ["**1.00**", "**1.00**", "50.00"]
 
 
 def test_torn_line_is_ignored_and_append_is_whole(tmp_path: Path) -> None:
@@ -198,7 +221,7 @@ def test_bad_config_is_refused(tmp_path: Path) -> None:
     with pytest.raises(OnpError, match="unknown defense 'nope'"):
         load_bench(p)
     p.write_text("name: x\ndefenses: [{name: clp, params: {nonsense: 1}}]\n")
-    with pytest.raises(OnpError, match="bad parameters for defense 'clp'.*nonsense"):
+    with pytest.raises(OnpError, match="defense 'clp' has no parameter 'nonsense'"):
         load_bench(p)
     p.write_text("name: x\ndefenses: []\n")
     with pytest.raises(OnpError, match="no defenses"):

@@ -163,7 +163,7 @@ def test_weights_from_onp_attack_on_a_user_file_feed_onp_repair(tmp_path: Path, 
     """`onp attack --model file.py:build` saves the user model's own state dict (no normalization wrapped
     around a model that normalizes itself), which is what `onp repair --weights` loads."""
     from onp.artifacts import load_model
-    from onp.repair import build_user_model
+    from onp.defense_runs import build_user_model
     from onp.utils.io import load_tensors
 
     arch_file = tmp_path / "digits_net.py"

@@ -324,6 +324,6 @@ def test_download_checksum_mismatch(tmp_path: Path, server) -> None:
 
 
 def test_no_download_by_default(tmp_path: Path, server) -> None:
-    with pytest.raises(OnpError, match="pass --download"):
+    with pytest.raises(OnpError, match="pass --data-root, or fetch it with onp attack --download"):
         create_dataset("gtsrb", tmp_path / "root", "train", base_url=server[0].as_uri(), md5s=server[1])
     assert not (tmp_path / "root").exists()

@@ -106,7 +106,7 @@ def test_size_mismatch_names_the_image(tmp_path: Path) -> None:
         create_dataset("imagefolder", tmp_path, "train")
     msg = str(e.value)
     assert str(odd) in msg and "20x12" in msg and str(first) in msg and "16x16" in msg
-    assert "--image-size" in msg and "\n" not in msg
+    assert "--input-size N --resize" in msg and "\n" not in msg
 
 
 def test_image_size_resizes(tmp_path: Path) -> None:

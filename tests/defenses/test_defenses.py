@@ -43,6 +43,10 @@ FAST: dict[str, dict[str, Any]] = {
     "onp_greedy": ONP_FAST,
     "onp_mask": {**ONP_FAST, "mask_steps": 4},
     "rnp": {"unlearn_epochs": 2, "recover_epochs": 2, "max_drop": 1.0},
+    "sau": {"rounds": 1},
+    "ftsam": {"epochs": 1},
+    "fst": {"epochs": 1},
+    "btidbf": {"preround": 1, "nround": 2, "mround": 1, "uround": 1, "ul_round": 1, "gen_width": 4, "gen_blocks": 2},
 }
 PRUNING = [n for n in list_defenses() if DEFENSES.get(n).prunes]
 FINE_TUNES_AFTER_PRUNING = {"fineprune"}
@@ -241,8 +245,27 @@ def test_unknown_defense_lists_the_valid_names() -> None:
 
 @pytest.mark.parametrize("name", list_defenses())
 def test_unknown_parameter(name: str) -> None:
-    with pytest.raises(OnpError, match=f"bad parameters for defense '{name}'.*no_such_param"):
+    with pytest.raises(OnpError, match=f"defense '{name}' has no parameter 'no_such_param'; valid: "):
         create_defense(name, no_such_param=1)
+
+
+@pytest.mark.parametrize("name", list_defenses())
+def test_every_setting_is_checked_by_its_type(name: str) -> None:
+    """Each numeric or boolean setting refuses a string, NaN and a negative value, before any work."""
+    from onp.registry import param_hints
+
+    hints = param_hints(DEFENSES.get(name))
+    numeric = [k for k, t in hints.items() if t in (int, float)]
+    floats = [k for k, t in hints.items() if t is float]
+    assert numeric and floats, name
+    for key, value, message in ((numeric[0], "abc", "must be"), (floats[0], float("nan"), "finite"),
+                                (numeric[0], -1, "not negative")):
+        with pytest.raises(OnpError, match=message):
+            create_defense(name, **{key: value})
+    flags = [k for k, t in hints.items() if t is bool]
+    for k in flags:
+        with pytest.raises(OnpError, match="true or false"):
+            create_defense(name, **{k: "maybe"})
 
 
 @pytest.mark.parametrize("name", PRUNING)
@@ -263,7 +286,7 @@ def test_bad_onp_setting(param: str, value: Any, message: str) -> None:
 
 @pytest.mark.parametrize("name", ["onp_nognn", "onp_greedy", "onp_norl", "onp_mask"])
 def test_onp_comparators_refuse_to_change_what_they_fix(name: str) -> None:
-    with pytest.raises(OnpError, match=f"{name} fixes"):
+    with pytest.raises(OnpError, match=f"defense '{name}' fixes"):
         create_defense(name, gnn=True, search="agent")
 
 

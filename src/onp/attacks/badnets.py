@@ -29,6 +29,7 @@ class BadNets(Attack):
                  **kw: Any) -> None:
         super().__init__(*args, **kw)
         h = self.image_shape[1]
+        self.check_patch(patch_size, margin)
         self.patch_size = patch_size or max(2, round(3 * h / 32))
         self.value = value
         self.margin = margin

@@ -97,6 +97,14 @@ class Attack(ABC):
         self.seed = seed
         self.cross_ratio = 0.0
 
+    def check_patch(self, size: int | None, margin: int = 0, corners: int = 1) -> None:
+        """Refuse a patch side that is not at least 1 or does not fit the image (``corners`` patches side by side
+        across it, ``margin`` pixels from the edge)."""
+        h = min(self.image_shape[1:])
+        if size is not None and not 1 <= size * corners + margin <= h:
+            raise OnpError(f"attack {self.name!r}: patch_size {size} does not fit {h}x{h} images "
+                           f"(at least 1, at most {max(1, (h - margin) // corners)})")
+
     # --- the trigger -------------------------------------------------------------------------------------
     @abstractmethod
     def apply(self, x: Tensor) -> Tensor:

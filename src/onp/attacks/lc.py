@@ -56,6 +56,7 @@ class LabelConsistent(Attack):
         super().__init__(*args, **kw)
         self.eps = eps
         self.steps = steps
+        self.check_patch(patch_size, corners=2)
         self.patch_size = patch_size or max(2, round(3 * self.image_shape[1] / 32))
         self.amplitude = amplitude
         self._delta: dict[str, Tensor] | None = None

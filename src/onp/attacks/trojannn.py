@@ -52,6 +52,7 @@ class TrojanNN(Attack):
                  target_value: float | None = None, steps: int = 300, lr: float = 0.1, **kw: Any) -> None:
         super().__init__(*args, **kw)
         c, h, w = self.image_shape
+        self.check_patch(patch_size)
         self.patch_size = patch_size or max(1, round(7 * h / 32))
         self.num_neurons, self.target_value, self.steps, self.lr = num_neurons, target_value, steps, lr
         self.pattern: Tensor | None = None

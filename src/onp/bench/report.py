@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import html
+import io
 import math
 import os
 import shutil
@@ -16,6 +18,7 @@ import yaml
 from onp import plots
 from onp.bench.runner import read_results
 from onp.errors import OnpError
+from onp.utils.io import make_parents, remove_if_empty
 
 METRICS = (("clean_acc", "ACC", max), ("asr", "ASR", min), ("ra", "RA", max), ("der", "DER", max))
 
@@ -42,7 +45,28 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for a in attacks:
         rs = [r for r in rows if r["attack"]["name"] == a]
         before[a] = {m: _mean_std([r["before"].get(m) for r in rs]) for m in ("clean_acc", "asr", "ra")}
-    return {"attacks": attacks, "defenses": defenses, "table": table, "before": before}
+    return {"attacks": attacks, "defenses": defenses, "table": table, "before": before,
+            "labels": {a: attack_label(next(r for r in rows if r["attack"]["name"] == a)) for a in attacks}}
+
+
+def attack_label(row: dict[str, Any]) -> str:
+    """The attack's name in the tables; SIG's with the amplitude its test images carry (its training amplitude
+    and its test amplitude differ, and the test one sets the ASR)."""
+    a = row["attack"]
+    delta = (a.get("params") or {}).get("test_delta") if isinstance(a.get("params"), dict) else None
+    if a["name"] == "sig" and isinstance(delta, (int, float)):
+        return f"sig (test amplitude {round(255 * delta)}/255)"
+    return a["name"]
+
+
+def _best(values: list[float], better: Any) -> float | None:
+    """The best value as printed (percent, two decimals), so that every cell that prints it is bold."""
+    shown = [round(100 * v, 2) for v in values if not math.isnan(v)]
+    return better(shown) if len(shown) > 1 else None  # a lone value is nobody's best
+
+
+def _is(v: float, best: float | None) -> bool:
+    return best is not None and not math.isnan(v) and round(100 * v, 2) == best
 
 
 def _fmt(v: tuple[float, float], pct: bool = True, best: bool = False) -> str:
@@ -61,22 +85,20 @@ def metric_table(agg: dict[str, Any], metric: str, label: str, better: Any) -> l
     for a in agg["attacks"]:
         cells = agg["table"].get(a, {})
         vals = {d: cells[d][metric] for d in agg["defenses"] if d in cells}
-        finite = [v[0] for v in vals.values() if not math.isnan(v[0])]
-        best = better(finite) if len(finite) > 1 else None  # a lone value is nobody's best
-        row = [a] + ([_fmt(agg["before"][a][metric])] if metric != "der" else [])
-        row += [_fmt(vals[d], best=(vals[d][0] == best)) if d in vals else "-" for d in agg["defenses"]]
+        best = _best([v[0] for v in vals.values()], better)
+        row = [agg["labels"].get(a, a)] + ([_fmt(agg["before"][a][metric])] if metric != "der" else [])
+        row += [_fmt(vals[d], best=_is(vals[d][0], best)) if d in vals else "-" for d in agg["defenses"]]
         rows.append(row)
     mean_row = ["mean"] + ([_fmt((_mean_std([agg["before"][a][metric][0] for a in agg["attacks"]])[0], 0.0))]
                            if metric != "der" else [])
     # a defense's mean over fewer attacks than the others' is not comparable: it is marked and never bold
     covered = {d: [a for a in agg["attacks"] if d in agg["table"].get(a, {})] for d in agg["defenses"]}
     means = {d: _mean_std([agg["table"][a][d][metric][0] for a in covered[d]]) for d in agg["defenses"]}
-    complete = [means[d][0] for d in agg["defenses"]
-                if len(covered[d]) == len(agg["attacks"]) and not math.isnan(means[d][0])]
-    best = better(complete) if len(complete) > 1 else None
+    complete = [means[d][0] for d in agg["defenses"] if len(covered[d]) == len(agg["attacks"])]
+    best = _best(complete, better)
     for d in agg["defenses"]:
         partial = len(covered[d]) < len(agg["attacks"])
-        text = _fmt((means[d][0], 0.0), best=not partial and means[d][0] == best)
+        text = _fmt((means[d][0], 0.0), best=not partial and _is(means[d][0], best))
         mean_row.append(f"{text} ({len(covered[d])} of {len(agg['attacks'])})" if partial and covered[d] else text)
     rows.append(mean_row)
     return rows
@@ -111,7 +133,7 @@ def runtime_table(agg: dict[str, Any]) -> list[list[str]]:
     for a in agg["attacks"]:
         cells = agg["table"].get(a, {})
         t = {d: cells[d]["wall_time"][0] for d in ds if d in cells}
-        row = [a] + [f"{t[d]:.0f}" if d in t else "-" for d in ds]
+        row = [agg["labels"].get(a, a)] + [f"{t[d]:.0f}" if d in t else "-" for d in ds]
         for b in ("anp", "rnp"):
             if "onp" in ds and b in ds:
                 row.append(f"{t['onp'] / t[b]:.2f}" if "onp" in t and b in t and t[b] else "-")
@@ -170,6 +192,33 @@ def checks_table(rows: list[dict[str, Any]], checks: list[dict[str, Any]]) -> li
     return out
 
 
+LEADERBOARD = ("dataset", "model", "attack", "poisoning_ratio", "defense", "seed", "C-Acc", "ASR", "R-Acc", "DER")
+
+
+def leaderboard_csv(rows: list[dict[str, Any]]) -> str:
+    """One line per cell in the columns of BackdoorBench's leaderboard (clean accuracy, attack success rate,
+    robust accuracy and DER, in %), so the rows can be set beside its published ones."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(LEADERBOARD)
+    for r in rows:
+        m = r.get("model") if isinstance(r.get("model"), dict) else {"name": r.get("model") or ""}
+        model = str(m.get("name", "")) + (f" width {m['width']}" if m.get("width") else "")
+        w.writerow([r.get("dataset", ""), model, r["attack"]["name"], r["attack"].get("poison_rate", ""), r["defense"],
+                    r["seed"], *(f"{100 * r[k]:.2f}" for k in ("clean_acc", "asr", "ra", "der"))])
+    return buf.getvalue()
+
+
+CAPTIONS = {
+    "asr_vs_acc.png": "Every cell: clean accuracy against attack success after each defense (x: no defense).",
+    "asr_bars.png": "Attack success per attack and defense, mean over seeds (bars: std, clipped at 0).",
+    "clean_acc_bars.png": "Clean accuracy per attack and defense, mean over seeds (bars: std).",
+    "search_curves.png": "The objective J of each set ONP and its comparators scored, against neurons pruned.",
+    "pruning_curves.png": "Test ACC (solid) and ASR (dashed) along each pruning defense's ranking; the dot is the "
+                          "set it chose.",
+}
+
+
 def _md(rows: list[list[str]]) -> str:
     out = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
@@ -187,16 +236,81 @@ def _html(rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+_NUMBERS = ("clean_acc", "asr", "ra", "der", "wall_time")
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _row_problem(r: Any) -> str | None:
+    """What makes ``r`` unreadable as a finished benchmark row, or None."""
+    if not isinstance(r, dict):
+        return f"a {type(r).__name__}, not an object"
+    if not isinstance(r.get("attack"), dict) or not isinstance(r["attack"].get("name"), str):
+        return "no attack name"
+    for key, kind in (("defense", str), ("model_id", str), ("seed", int)):
+        if not isinstance(r.get(key), kind):
+            return f"no {key}"
+    bad = [k for k in _NUMBERS if not _number(r.get(k))]
+    if bad:
+        return f"{bad[0]} is not a number"
+    before = r.get("before")
+    if not isinstance(before, dict) or not all(_number(before.get(k)) for k in ("clean_acc", "asr")):
+        return "no numbers before the defense"
+    for key in ("selection_curve", "pruning_curve"):
+        curve = r.get(key)
+        if curve is not None and not (isinstance(curve, list) and all(isinstance(p, dict) for p in curve)):
+            return f"{key} is not a list of points"
+    return None
+
+
+def read_report_rows(results: str | Path) -> list[dict[str, Any]]:
+    """The finished rows of a results file, which is untrusted input: anything malformed is one error line."""
+    path = Path(results)
+    if not path.is_file():
+        raise OnpError(f"no results file at {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as e:
+        raise OnpError(f"cannot read {path} as JSON lines: {e}") from None
+    if "\x00" in text:
+        raise OnpError(f"{path} is a binary file, not JSON lines of benchmark rows")
+    rows = []
+    for i, r in enumerate(read_results(path), 1):
+        if isinstance(r, dict) and r.get("asr") is None and "asr" in r:
+            continue  # a cell recorded as failed
+        problem = _row_problem(r)
+        if problem:
+            raise OnpError(f"{path}: row {i} is not a benchmark row ({problem})")
+        rows.append(r)
+    return rows
+
+
+def report_name(title: str | None, rows: list[dict[str, Any]]) -> str:
+    """The reports' file name: ``--title`` must be a plain name; a name from the rows (untrusted) is made one,
+    so that the outputs stay inside ``--out``."""
+    if title is not None:
+        if not title or title in (".", "..") or any(c in title for c in "/\\\x00") or title.startswith("."):
+            raise OnpError(f"--title {title!r} must be a plain file name (no folders, not hidden)")
+        return title
+    name = str(rows[0].get("bench") or "results")
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name.replace("\\", "/")).name)
+    return safe.lstrip(".") or "results"
+
+
 def write_report(results: str | Path, out: str | Path, title: str | None = None, command: str | None = None,
                  checks: str | Path | None = None) -> Path:
     """Write ``<name>.md``, ``<name>.html`` and PNG plots for the rows in ``results`` into ``out``; with
     ``checks`` (see :func:`load_checks`), a section holding the rows against published behaviour."""
-    rows = [r for r in read_results(results) if r.get("asr") is not None]
+    rows = read_report_rows(results)
     if not rows:
         raise OnpError(f"{results} holds no finished benchmark rows")
     claims = load_checks(checks) if checks else None
     out = Path(out)
-    name = title or rows[0].get("bench", "results")
+    name = report_name(title, rows)
+    if out.exists() and not out.is_dir():
+        raise OnpError(f"--out {out} is an existing file, not a folder")
     agg = aggregate(rows)
     seeds = sorted({r["seed"] for r in rows})
     sections: list[tuple[str, list[list[str]]]] = [
@@ -207,10 +321,12 @@ def write_report(results: str | Path, out: str | Path, title: str | None = None,
     sections.append(("Defense wall time (s), mean over seeds", runtime_table(agg)))
     if claims:
         sections.append(("Checks against published behaviour", checks_table(rows, claims)))
-    out.mkdir(parents=True, exist_ok=True)
+    created = make_parents(out / "report")
     # written beside ``out`` first, then moved in file by file: ``out`` may also hold the results themselves
-    tmp = Path(tempfile.mkdtemp(prefix=".report.", dir=out))
+    done = False
+    tmp = out / ".report.none"
     try:
+        tmp = Path(tempfile.mkdtemp(prefix=".report.", dir=out))
         plots.plot_asr_vs_acc(rows, tmp / "asr_vs_acc.png")
         for m, label in (("asr", "ASR"), ("clean_acc", "ACC")):
             tab = {a: {d: agg["table"][a][d][m] for d in agg["table"][a]} for a in agg["attacks"]}
@@ -230,10 +346,15 @@ def write_report(results: str | Path, out: str | Path, title: str | None = None,
         md = intro + [""]
         for head, tab in sections:
             md += [f"## {head}", "", _md(tab), ""]
-        md += ["## Plots", ""] + [f"![{i}]({i})" for i in images] + [""]
+        md += ["## Plots", ""]
+        for i in images:
+            md += [f"![{CAPTIONS.get(i, i)}]({i})", "", f"*{CAPTIONS.get(i, i)}*", ""]
         (tmp / f"{name}.md").write_text("\n".join(md))
+        (tmp / f"{name}.csv").write_text(leaderboard_csv(rows))
         body = "".join(f"<h2>{html.escape(h)}</h2>{_html(t)}" for h, t in sections)
-        body += "".join(f'<h3>{html.escape(i)}</h3><img src="{html.escape(i)}" style="max-width:100%">' for i in images)
+        body += "".join(f'<figure><img src="{html.escape(i)}" alt="{html.escape(CAPTIONS.get(i, i))}" '
+                        f'style="max-width:100%"><figcaption>{html.escape(CAPTIONS.get(i, i))}</figcaption></figure>'
+                        for i in images)
         cmd = f"<p>Made by: <code>{html.escape(command)}</code></p>" if command else ""
         (tmp / f"{name}.html").write_text(
             f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(name)}</title><style>"
@@ -242,6 +363,9 @@ def write_report(results: str | Path, out: str | Path, title: str | None = None,
             f"<h1>{html.escape(name)}</h1><p>{html.escape(intro[2])}</p>{cmd}{body}</body></html>")
         for f in tmp.iterdir():
             os.replace(f, out / f.name)
+        done = True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not done:
+            remove_if_empty(created)
     return out

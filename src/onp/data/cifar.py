@@ -186,8 +186,10 @@ def load_cifar(spec: _Spec, root: Path | None, split: str, download: bool = Fals
         found = _find_layout(root, spec)
     if found is None:
         if not root.exists():
-            raise OnpError(f"dataset folder {root} does not exist (pass --download to fetch {spec.name})")
-        raise OnpError(f"no {spec.bin_dir}/ or {spec.py_dir}/ in {root} (pass --download to fetch {spec.name})")
+            raise OnpError(f"dataset folder {root} does not exist "
+                           f"(pass --data-root, or fetch it with onp attack --download)")
+        raise OnpError(f"no {spec.bin_dir}/ or {spec.py_dir}/ in {root} "
+                       f"(pass --data-root, or fetch it with onp attack --download)")
     layout, folder = found
     if layout == "bin":
         x, y = _read_bin(folder, spec.bin_files[split], spec.label_bytes)

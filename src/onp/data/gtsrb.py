@@ -91,7 +91,8 @@ def _read_gt(csv_path: Path, image_dir: Path) -> tuple[list[_Entry], bytes]:
 def _list_train(root: Path, base: Path) -> tuple[list[_Entry], list[bytes]]:
     images = base / "Final_Training" / "Images"
     if not images.is_dir():
-        raise OnpError(f"no GTSRB/Final_Training/Images in {root} (pass --download to fetch gtsrb)")
+        raise OnpError(f"no GTSRB/Final_Training/Images in {root} "
+                       f"(pass --data-root, or fetch it with onp attack --download)")
     class_dirs = sorted(d for d in images.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
         raise OnpError(f"no class folders (00000..00042) in {images}")
@@ -110,7 +111,8 @@ def _list_train(root: Path, base: Path) -> tuple[list[_Entry], list[bytes]]:
 def _list_test(root: Path, top: Path, base: Path) -> tuple[list[_Entry], list[bytes]]:
     images = base / "Final_Test" / "Images"
     if not images.is_dir():
-        raise OnpError(f"no GTSRB/Final_Test/Images in {root} (pass --download to fetch gtsrb)")
+        raise OnpError(f"no GTSRB/Final_Test/Images in {root} "
+                       f"(pass --data-root, or fetch it with onp attack --download)")
     gt = _find_test_gt(top, base)
     if gt is None:
         searched = ", ".join(str(p) for p in _test_gt_candidates(top, base))
@@ -207,7 +209,8 @@ def gtsrb(root: Path | None, split: str, image_size: int = 32, download: bool = 
     if download:
         _download(root, split, base_url, md5s)
     if not root.exists():
-        raise OnpError(f"dataset folder {root} does not exist (pass --download to fetch gtsrb)")
+        raise OnpError(f"dataset folder {root} does not exist "
+                       f"(pass --data-root, or fetch it with onp attack --download)")
     top, base = _locate(root)
     entries, blobs = _list_train(root, base) if split == "train" else _list_test(root, top, base)
     if not entries:

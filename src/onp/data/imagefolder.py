@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp"})
 _MODES = {1: "L", 3: "RGB"}
+MAX_SIDE = 1024  # 20 images of 4000x4000 ran out of memory in channel_stats
+RESIZE_HINT = "resize them, or pass --input-size N --resize to onp repair to resize every image to NxN"
 
 
 def _split_folder(root: Path, split: str) -> Path:
@@ -38,7 +40,7 @@ def _image_files(folder: Path) -> list[Path]:
 
 @register_dataset("imagefolder")
 def imagefolder(root: Path | None, split: str, image_size: int | None = None, channels: int = 3,
-                **kw) -> ImageDataset:
+                expect_size: int | None = None, **kw) -> ImageDataset:
     """Images in class folders; labels follow the sorted folder names.
 
     Args:
@@ -47,6 +49,8 @@ def imagefolder(root: Path | None, split: str, image_size: int | None = None, ch
         image_size: resize every image to this square size (bilinear); None keeps the size, which must then be
             the same for all images.
         channels: 3 for RGB, 1 for grayscale.
+        expect_size: without ``image_size``, the side the images must have (a model's input): the first image
+            of another size is refused before the others are read.
 
     Files with the suffixes in ``IMAGE_SUFFIXES`` (any case) are read; other files are ignored. Mean and std are
     those of the images loaded, so take a model's normalization from the training split.
@@ -63,6 +67,9 @@ def imagefolder(root: Path | None, split: str, image_size: int | None = None, ch
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise OnpError(f"no class folders in {folder}: expected {folder}/<class_name>/<images>")
+    if len(classes) < 2:
+        raise OnpError(f"{folder} holds one class folder ({classes[0]}); a classifier needs images of at least two "
+                       "classes")
 
     arrays: list[np.ndarray] = []
     labels: list[int] = []
@@ -75,10 +82,15 @@ def imagefolder(root: Path | None, split: str, image_size: int | None = None, ch
             img = read_image(path, _MODES[channels], image_size)
             if first is None:
                 first = path
+                if image_size is None and expect_size is not None and img.shape[:2] != (expect_size, expect_size):
+                    raise OnpError(f"the clean images are {img.shape[1]}x{img.shape[0]} ({path}) but the model takes "
+                                   f"{expect_size}x{expect_size}; pass --resize to resize them")
+                if image_size is None and max(img.shape[:2]) > MAX_SIDE:
+                    raise OnpError(f"{path} is {img.shape[1]}x{img.shape[0]}, larger than any model onp repairs "
+                                   f"takes ({MAX_SIDE}); {RESIZE_HINT}")
             elif img.shape != arrays[0].shape:
                 h0, w0 = arrays[0].shape[:2]
-                raise OnpError(f"{path} is {img.shape[1]}x{img.shape[0]} but {first} is {w0}x{h0}; pass "
-                               "--image-size N to resize all images to NxN")
+                raise OnpError(f"{path} is {img.shape[1]}x{img.shape[0]} but {first} is {w0}x{h0}; {RESIZE_HINT}")
             arrays.append(img)
             labels.append(label)
 

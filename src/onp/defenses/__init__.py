@@ -6,7 +6,7 @@ scores several of them use live in :mod:`onp.scores`.
 """
 
 # importing each defense module registers it
-from onp.defenses import anp, clp, fineprune, finetune, ibau, nad, onp, rnp  # noqa: F401
+from onp.defenses import anp, btidbf, clp, fineprune, finetune, fst, ftsam, ibau, nad, onp, rnp, sau  # noqa: F401
 from onp.defenses.base import Defense, DefenseContext, DefenseData, DefenseResult
 from onp.defenses.registry import (
            DEFENSES,

@@ -167,7 +167,7 @@ class ScorePruneDefense(Defense):
         selected = prefix_mask(neurons, ranking, int(chosen["k"]), self.granularity)
         repaired = prune_copy(model, neurons, selected, self.keep_bias)
         repaired = self.after_pruning(repaired, neurons, selected, data, ctx)
-        log.info("%s: pruned %d of %d neurons (held-out clean acc %.4f -> %.4f)", self.name, int(selected.sum()),
-                 len(neurons), curve[0]["clean_acc"], chosen["clean_acc"])
+        log.info("%s: pruned %d of %d neurons (clean acc on all %d defender images %.4f -> %.4f)", self.name,
+                 int(selected.sum()), len(neurons), len(y_sel), curve[0]["clean_acc"], chosen["clean_acc"])
         return DefenseResult(repaired, {"scores": scores.tolist()},
                              Pruning(neurons, selected, ranking[:n_eligible], curve, chosen))

@@ -6,7 +6,7 @@ from typing import Any
 
 from onp.defenses.base import Defense
 from onp.errors import OnpError
-from onp.registry import Registry
+from onp.registry import Registry, check_params
 
 DEFENSES: Registry[type[Defense]] = Registry("defense")
 
@@ -17,8 +17,10 @@ def register_defense(cls: type[Defense]) -> type[Defense]:
 
 
 def create_defense(name: str, **params: Any) -> Defense:
-    """Build the registered defense ``name`` with hyperparameters ``params`` (defaults: its paper's)."""
+    """Build the registered defense ``name`` with hyperparameters ``params`` (defaults: its paper's), checked
+    against their annotations first."""
     cls = DEFENSES.get(name)
+    check_params(f"defense {name!r}", cls, params)
     try:
         return cls(**params)
     except TypeError as e:

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 from torch import nn
 
-from onp.errors import OnpError
+from onp.errors import OnpError, at_least
 from onp.models.normalize import Classifier, Normalize
 from onp.models.user import is_user_spec, load_user_factory
 from onp.registry import Registry
@@ -36,14 +37,36 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, mean: Sequen
             omitted), user models only when given.
         **kwargs: passed to the factory (for example ``width=16``).
     """
+    at_least(num_classes, 1, "num_classes")
+    at_least(in_channels, 1, "in_channels")
+    _check_stats(mean, std, in_channels)
     if is_user_spec(name):
         backbone = _call_user(load_user_factory(name), num_classes, kwargs)
         if mean is None:
             return backbone
     else:
-        backbone = MODELS.get(name)(num_classes=num_classes, in_channels=in_channels, **kwargs)
+        factory = MODELS.get(name)
+        try:
+            backbone = factory(num_classes=num_classes, in_channels=in_channels, **kwargs)
+        except TypeError as e:
+            raise OnpError(f"bad arguments for model {name!r}: {e}") from None
     c = len(mean) if mean is not None else in_channels
     return Classifier(Normalize(mean or [0.0] * c, std or [1.0] * c), backbone)
+
+
+def _check_stats(mean: Sequence[float] | None, std: Sequence[float] | None, channels: int) -> None:
+    """Refuse normalization statistics that are not one finite number per channel, with std above 0."""
+    for key, stats in (("mean", mean), ("std", std)):
+        if stats is None:
+            continue
+        ok = isinstance(stats, (list, tuple)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in stats)
+        if not ok or len(stats) != channels:
+            raise OnpError(f"--{key} must be {channels} finite numbers (one per channel), got {stats!r}")
+    if std is not None and min(std) <= 0:
+        raise OnpError(f"--std must be above 0 for every channel, got {list(std)}")
+    if (mean is None) != (std is None):
+        raise OnpError("give --mean and --std together")
 
 
 def _call_user(factory: Any, num_classes: int, kwargs: dict[str, Any]) -> nn.Module:

@@ -60,15 +60,18 @@ class ResNet(nn.Module):
         num_classes: logits.
         in_channels: image channels (default 3).
         width: channels of the first stage (default 64); stages use width x (1, 2, 4, 8).
+        final_norm: pre-activation only: a BatchNorm and ReLU after the last stage (He et al.); BackdoorBench's
+            PreActResNet18 has neither.
 
     Shapes:
         input (B, in_channels, H, W), normalized; output (B, num_classes).
     """
 
     def __init__(self, block: type[nn.Module], num_blocks: list[int], num_classes: int = 10, in_channels: int = 3,
-                 width: int = 64) -> None:
+                 width: int = 64, final_norm: bool = True) -> None:
         super().__init__()
         self.preact = block is PreActBlock
+        self.final_norm = self.preact and final_norm
         self.in_planes = width
         self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
         self.bn1 = nn.Identity() if self.preact else nn.BatchNorm2d(width)
@@ -77,7 +80,7 @@ class ResNet(nn.Module):
         self.layer2 = self._make_layer(block, 2 * width, num_blocks[1], 2)
         self.layer3 = self._make_layer(block, 4 * width, num_blocks[2], 2)
         self.layer4 = self._make_layer(block, 8 * width, num_blocks[3], 2)
-        self.bn_final = nn.BatchNorm2d(8 * width) if self.preact else nn.Identity()
+        self.bn_final = nn.BatchNorm2d(8 * width) if self.final_norm else nn.Identity()
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(8 * width, num_classes)
 
@@ -93,7 +96,7 @@ class ResNet(nn.Module):
         if not self.preact:
             out = self.relu(self.bn1(out))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        if self.preact:
+        if self.final_norm:
             out = self.relu(self.bn_final(out))
         return self.avgpool(out).flatten(1)
 
@@ -111,3 +114,11 @@ def resnet18(num_classes: int, in_channels: int = 3, width: int = 64) -> ResNet:
 def preact_resnet18(num_classes: int, in_channels: int = 3, width: int = 64) -> ResNet:
     """PreAct-ResNet-18 (He et al. 2016, "Identity Mappings in Deep Residual Networks")."""
     return ResNet(PreActBlock, [2, 2, 2, 2], num_classes, in_channels, width)
+
+
+@register_model("preactresnet18")
+def preactresnet18(num_classes: int, in_channels: int = 3, width: int = 64) -> ResNet:
+    """BackdoorBench's PreActResNet18 (Wu et al. 2022, ``models/preact_resnet.py``): the same blocks as
+    ``preact_resnet18`` without the BatchNorm and ReLU after the last stage, with the same state-dict names, so
+    the weights in its ``attack_result.pt`` load as they are."""
+    return ResNet(PreActBlock, [2, 2, 2, 2], num_classes, in_channels, width, final_norm=False)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+import typing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -245,6 +246,11 @@ class ONP(Defense):
         if clash:
             raise OnpError(f"{self.name} fixes {', '.join(sorted(clash))}")
         self.cfg = ONPConfig(**{**settings, **self.fixed})
+
+    @classmethod
+    def param_types(cls) -> dict[str, Any]:
+        """The settings a user may give: :class:`ONPConfig`'s, less those this variant fixes."""
+        return {k: v for k, v in typing.get_type_hints(ONPConfig).items() if k not in cls.fixed}
 
     def params(self) -> dict[str, Any]:
         p = asdict(self.cfg)
