@@ -99,14 +99,15 @@ def plot_bars(table: dict[str, dict[str, tuple[float, float]]], attacks: list[st
         means = [100 * v[0] for v in vals]
         # a rate is never below 0%: the lower bar stops there
         low = [min(100 * v[1], m) if m == m else 0.0 for v, m in zip(vals, means)]
-        ax.bar(xs, means, width, yerr=[low, [100 * v[1] for v in vals]], label=d, capsize=2)
+        color = plt.get_cmap("tab20" if len(defenses) > 10 else "tab10")(j)  # no two defenses share a color
+        ax.bar(xs, means, width, yerr=[low, [100 * v[1] for v in vals]], label=d, capsize=2, color=color)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(attacks))], attacks, rotation=20)
     ax.set_ylabel(f"{metric} (%)")
     ax.set_ylim(0, 105)
-    ax.legend(fontsize=7, ncol=min(len(defenses), 5))
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))  # beside the bars, not over them
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 

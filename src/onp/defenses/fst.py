@@ -76,4 +76,5 @@ class FST(Defense):
                         head.weight.mul_(norm / head.weight.norm())
                     bar.update(1, loss=loss.item())
                 sched.step()
-        return DefenseResult(model.eval(), {"head_alignment": float((head.weight * w_orig).sum() / norm**2)})
+        alignment = float((head.weight.detach() * w_orig).sum() / norm**2)
+        return DefenseResult(model.eval(), {"head_alignment": alignment})
