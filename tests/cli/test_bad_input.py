@@ -164,3 +164,26 @@ def test_huge_images_are_refused_before_they_are_read(tmp_path: Path, capsys, re
         Image.new("RGB", (1100, 1100)).save(tmp_path / "big" / f"c{c}" / "0.png")
     one_error(["repair", "--arch", "small_cnn", "--arch-kwargs", "width=4", "--weights", str(weights), "--clean",
                str(tmp_path / "big"), "--out", str(tmp_path / "o")], tmp_path, capsys, "1100x1100")
+
+
+@pytest.mark.parametrize(("meta", "needle"), [
+    ([1, 2], "must hold a mapping"),
+    (None, "must hold a mapping"),
+    ({"arch": {"name": "small_cnn", "num_classes": 10, "in_channels": 1, "kwargs": {"width": 4, "depth": 9}}},
+     "bad arguments for model"),
+    ({"arch": {"name": "small_cnn", "num_classes": 10, "in_channels": 1, "kwargs": {"width": -4}}}, "width"),
+    ({"arch": {"name": "small_cnn", "num_classes": 10, "in_channels": 1, "mean": "abc", "std": [1.0]}}, "--mean"),
+    ({"arch": {"name": "small_cnn", "num_classes": 10, "in_channels": 1}, "data": {"image_shape": ["a", "b", "c"]}},
+     "image_shape"),
+])
+def test_defend_refuses_a_hostile_model_json(tmp_path: Path, capsys, meta: object, needle: str) -> None:
+    """model.json is untrusted input: each malformed field is one line from `onp defend`, nothing written."""
+    import json
+
+    from onp.utils.io import save_tensors
+
+    model = tmp_path / "model"
+    model.mkdir()
+    save_tensors(model / "model.safetensors", create_model("small_cnn", 10, 1, width=4).state_dict())
+    (model / "model.json").write_text(json.dumps(meta))
+    one_error(["defend", str(model), "--out", str(tmp_path / "o")], tmp_path, capsys, needle)
