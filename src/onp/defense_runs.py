@@ -15,9 +15,9 @@ from torch import nn
 from onp.artifacts import (
     TRIGGER,
     ArchSpec,
+    check_meta,
     load_attack,
     load_model,
-    check_meta,
     load_weights,
     recorded_data_root,
     save_model,
@@ -173,13 +173,10 @@ def build_user_model(arch: str, weights: str | Path, num_classes: int, in_channe
     return model.eval(), spec
 
 
-def check_classifier(model: nn.Module, clean: ImageDataset, input_size: int | None) -> None:
-    """Refuse what ONP cannot repair: images of the wrong size, too few images, a model that is not a
-    classifier over the clean folder's classes."""
+def check_classifier(model: nn.Module, clean: ImageDataset) -> None:
+    """Refuse what ONP cannot repair: too few images, a model that is not a classifier over the clean folder's
+    classes (images of the wrong size are refused as they are read: ``expect_size``)."""
     c, h, w = clean.image_shape
-    if input_size is not None and (h, w) != (input_size, input_size):
-        raise OnpError(f"the clean images are {h}x{w} but the model takes {input_size}x{input_size}; "
-                       f"pass --resize to resize them")
     if len(clean) < clean.num_classes:
         raise OnpError(f"the clean folder has {len(clean)} images, fewer than its {clean.num_classes} classes")
     try:
@@ -231,7 +228,7 @@ def run_repair(arch: str, weights: str | Path, clean_dir: str | Path, out: str |
                            expect_size=None if resize else input_size)
     model, spec = build_user_model(arch, weights, clean.num_classes, clean.image_shape[0], mean, std, arch_kwargs,
                                    state)
-    check_classifier(model, clean, input_size)
+    check_classifier(model, clean)
     outcome = defend(model, defense, clean, seed=seed, device=dev,
                      progress=progress, source=f"folder {clean_dir}")
     meta = {"arch": spec.to_dict(), "data": {"name": "imagefolder", "image_shape": list(clean.image_shape),

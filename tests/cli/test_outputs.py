@@ -28,6 +28,7 @@ def refused(args: list[str], root: Path, capsys: pytest.CaptureFixture[str], *ne
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2, err
     assert err and err[-1].startswith("onp: error: "), err
+    assert len([line for line in err if line.startswith("onp: error: ")]) == 1, err
     assert all(n in err[-1] for n in needles), err[-1]
     assert "Traceback" not in "\n".join(err)
     assert snapshot(root) == before

@@ -14,9 +14,9 @@ from PIL import Image
 
 from onp.artifacts import load_model
 from onp.cli import main
-from onp.models import create_model
 from onp.defense_runs import BACKDOORBENCH_NORMALIZATION, build_user_model
-from onp.utils.io import save_tensors
+from onp.models import create_model
+from tests.cli.test_repair import write_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 CIFAR_BIN = ROOT.parent / "shared" / "data" / "cifar10" / "cifar-10-batches-bin"
@@ -140,12 +140,7 @@ def test_a_dataparallel_state_dict_loads(tmp_path: Path) -> None:
 def test_eval_on_a_users_test_folder(tmp_path: Path, capsys) -> None:
     from onp.artifacts import ArchSpec, save_model
 
-    rng = np.random.default_rng(0)
-    for c in range(3):
-        (tmp_path / "test" / f"c{c}").mkdir(parents=True)
-        for i in range(4):
-            image = Image.fromarray((rng.random((8, 8, 3)) * 255).astype(np.uint8))
-            image.save(tmp_path / "test" / f"c{c}" / f"{i}.png")
+    write_folder(tmp_path / "test", classes=3, per_class=4, size=8)
     spec = ArchSpec("small_cnn", 3, 3, None, None, {"width": 4})
     save_model(tmp_path / "m", spec.build(), {"arch": spec.to_dict(), "data": {"name": "imagefolder",
                                                                             "image_shape": [3, 8, 8]}})
@@ -192,12 +187,7 @@ def test_repair_takes_the_architecture_arguments_of_the_model_json_beside_the_we
     default width and failed to load)."""
     from onp.artifacts import ArchSpec, save_model
 
-    rng = np.random.default_rng(0)
-    for c in range(3):
-        (tmp_path / "clean" / f"c{c}").mkdir(parents=True)
-        for i in range(6):
-            image = Image.fromarray((rng.random((8, 8, 3)) * 255).astype(np.uint8))
-            image.save(tmp_path / "clean" / f"c{c}" / f"{i}.png")
+    write_folder(tmp_path / "clean", classes=3, per_class=6, size=8)
     spec = ArchSpec("small_cnn", 3, 3, [0.5] * 3, [0.25] * 3, {"width": 4})
     save_model(tmp_path / "m", spec.build(), {"arch": spec.to_dict(), "data": {"name": "x", "image_shape": [3, 8, 8]}})
     code, stdout, err = run(["repair", "--arch", "small_cnn", "--weights", str(tmp_path / "m" / "model.safetensors"),

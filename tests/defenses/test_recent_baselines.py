@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from onp.defenses import DefenseContext, DefenseData, create_defense
+from onp.defenses.base import classifier_head
 from onp.defenses.btidbf import HeadSplit, UNet
-from onp.defenses.fst import classifier_head
 from onp.defenses.ftsam import sam_step, smoothed_cross_entropy
 from onp.defenses.sau import shared_perturbation
 from onp.models import create_model

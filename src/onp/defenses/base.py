@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -13,6 +14,7 @@ from onp.data.base import ImageDataset
 from onp.data.split import defense_split
 from onp.errors import OnpError
 from onp.graph.neurons import Neurons
+from onp.utils.batching import batches
 from onp.utils.progress import ProgressFactory, null_progress
 
 
@@ -40,6 +42,15 @@ class DefenseData:
     @property
     def y_all(self) -> Tensor:
         return torch.cat([self.y_fit, self.y_val])
+
+    def train_batches(self, batch_size: int, generator: torch.Generator, epochs: int = 1,
+                      device: torch.device | str = "cpu") -> Iterator[tuple[Tensor, Tensor]]:
+        """Shuffled batches of all the defender's images, with the dataset's augmentation (drawn from
+        ``generator``), on ``device``: the loop of every defense that fine-tunes."""
+        x, y = self.x_all, self.y_all
+        for idx in batches(len(x), batch_size, generator, epochs):
+            xb = x[idx] if self.augment is None else self.augment(x[idx], generator)
+            yield xb.to(device), y[idx].to(device)
 
     @classmethod
     def from_dataset(cls, clean: ImageDataset, val_fraction: float = 0.2, seed: int = 0) -> DefenseData:
@@ -131,3 +142,11 @@ class Defense(ABC):
     def params(self) -> dict[str, Any]:
         """Hyperparameters, for the report."""
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+
+def classifier_head(model: nn.Module, num_classes: int) -> nn.Linear:
+    """The last ``nn.Linear`` with one output per class: the head FST re-initializes."""
+    heads = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]
+    if not heads:
+        raise OnpError(f"fst needs a linear classifier head with {num_classes} outputs; the model has none")
+    return heads[-1]

@@ -29,10 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from onp.defenses.base import Defense, DefenseContext, DefenseData, DefenseResult
-from onp.defenses.fst import classifier_head
+from onp.defenses.base import (
+    Defense,
+    DefenseContext,
+    DefenseData,
+    DefenseResult,
+    classifier_head,
+)
 from onp.defenses.registry import register_defense
-from onp.utils.batching import batches
 from onp.utils.progress import Bar
 
 
@@ -130,12 +134,6 @@ class BTIDBF(Defense):
         self.batch_size, self.gen_width, self.gen_blocks = batch_size, gen_width, gen_blocks
         self.poison_fraction = poison_fraction
 
-    def _epochs(self, data: DefenseData, g: torch.Generator, epochs: int, ctx: DefenseContext):  # noqa: ANN202
-        x, y = data.x_all, data.y_all
-        for idx in batches(len(x), self.batch_size, g, epochs):
-            xb = x[idx] if data.augment is None else data.augment(x[idx], g)
-            yield xb.to(ctx.device), y[idx].to(ctx.device)
-
     def repair(self, model: nn.Module, data: DefenseData, ctx: DefenseContext) -> DefenseResult:
         torch.manual_seed(ctx.seed)
         rng = random.Random(ctx.seed)
@@ -165,7 +163,7 @@ class BTIDBF(Defense):
                   data: DefenseData, g: torch.Generator, ctx: DefenseContext, bar: Bar) -> None:
         with HeadSplit(model.eval(), data.num_classes) as split:
             gen.train()
-            for x, _ in self._epochs(data, g, self.preround, ctx):
+            for x, _ in data.train_batches(self.batch_size, g, self.preround, ctx.device):
                 out = gen(x)
                 with torch.no_grad():
                     feat, logits = split.both(x)
@@ -187,7 +185,7 @@ class BTIDBF(Defense):
                 shape = (1, *split.features(data.x_all[:2].to(ctx.device)).shape[1:])
             raw = torch.randn(shape, device=ctx.device).requires_grad_(True)
             opt = torch.optim.Adam([raw], lr=self.mask_lr)
-            for x, y in self._epochs(data, g, self.mround, ctx):
+            for x, y in data.train_batches(self.batch_size, g, self.mround, ctx.device):
                 m = torch.tanh(raw) / (2 + 1e-7) + 0.5
                 feat = split.features(x)
                 loss = F.cross_entropy(split.head(m * feat), y) - F.cross_entropy(split.head((1 - m) * feat), y)
@@ -202,7 +200,7 @@ class BTIDBF(Defense):
                          ctx: DefenseContext, bar: Bar) -> None:
         with HeadSplit(inv.eval(), data.num_classes) as split:
             gen.train()
-            for x, y in self._epochs(data, g, self.uround, ctx):
+            for x, y in data.train_batches(self.batch_size, g, self.uround, ctx.device):
                 out = gen(x)
                 with torch.no_grad():
                     feat = split.features(x)
@@ -241,7 +239,7 @@ class BTIDBF(Defense):
                  data: DefenseData, g: torch.Generator, ctx: DefenseContext, bar: Bar) -> None:
         with HeadSplit(model, data.num_classes) as split:
             gen.eval()
-            for x, y in self._epochs(data, g, self.ul_round, ctx):
+            for x, y in data.train_batches(self.batch_size, g, self.ul_round, ctx.device):
                 model.train()
                 mixed = x.clone()
                 chosen = rng.sample(range(len(x)), int(self.poison_fraction * len(x) + 1))

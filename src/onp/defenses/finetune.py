@@ -11,7 +11,6 @@ from torch import Tensor, nn
 
 from onp.defenses.base import Defense, DefenseContext, DefenseData, DefenseResult
 from onp.defenses.registry import register_defense
-from onp.utils.batching import batches
 
 ExtraLoss = Callable[[nn.Module, Tensor, Tensor, Tensor], Tensor]
 
@@ -22,17 +21,12 @@ def finetune(model: nn.Module, data: DefenseData, ctx: DefenseContext, epochs: i
     """SGD (momentum 0.9, cosine schedule) on all the defender's clean images with the dataset's augmentation;
     ``extra_loss(model, x, y, logits)`` is added to the cross-entropy (NAD's attention loss uses it)."""
     model.to(ctx.device).train()
-    x, y = data.x_all, data.y_all
-    steps = epochs * ((len(x) + batch_size - 1) // batch_size)
+    steps = epochs * ((len(data.y_all) + batch_size - 1) // batch_size)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
     g = torch.Generator().manual_seed(ctx.seed)
     with ctx.progress(total=steps, desc=desc) as bar:
-        for idx in batches(len(x), batch_size, g, epochs):
-            xb = x[idx]
-            if data.augment is not None:
-                xb = data.augment(xb, g)
-            xb, yb = xb.to(ctx.device), y[idx].to(ctx.device)
+        for xb, yb in data.train_batches(batch_size, g, epochs, ctx.device):
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
             if extra_loss is not None:

@@ -23,18 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from onp.defenses.base import Defense, DefenseContext, DefenseData, DefenseResult
+from onp.defenses.base import (
+    Defense,
+    DefenseContext,
+    DefenseData,
+    DefenseResult,
+    classifier_head,
+)
 from onp.defenses.registry import register_defense
-from onp.errors import OnpError
-from onp.utils.batching import batches
-
-
-def classifier_head(model: nn.Module, num_classes: int) -> nn.Linear:
-    """The last ``nn.Linear`` with one output per class: the head FST re-initializes."""
-    heads = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]
-    if not heads:
-        raise OnpError(f"fst needs a linear classifier head with {num_classes} outputs; the model has none")
-    return heads[-1]
 
 
 @register_defense
@@ -57,17 +53,14 @@ class FST(Defense):
             head.weight.uniform_(-bound, bound)
             if head.bias is not None:
                 head.bias.uniform_(-bound, bound)
-        x, y = data.x_all, data.y_all
         opt = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=0.9)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(self.epochs, 1))
         g = torch.Generator().manual_seed(ctx.seed)
-        per_epoch = (len(x) + self.batch_size - 1) // self.batch_size
+        per_epoch = (len(data.y_all) + self.batch_size - 1) // self.batch_size
         model.train()
         with ctx.progress(total=self.epochs * per_epoch, desc="fst") as bar:
             for _ in range(self.epochs):
-                for idx in batches(len(x), self.batch_size, g):
-                    xb = x[idx] if data.augment is None else data.augment(x[idx], g)
-                    xb, yb = xb.to(ctx.device), y[idx].to(ctx.device)
+                for xb, yb in data.train_batches(self.batch_size, g, device=ctx.device):
                     loss = F.cross_entropy(model(xb), yb) + self.alpha * (head.weight * w_orig).sum()
                     opt.zero_grad()
                     loss.backward()

@@ -15,7 +15,9 @@ images (500 in the benchmark), with the dataset's augmentation, as its code does
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -24,7 +26,6 @@ from torch import Tensor, nn
 
 from onp.defenses.base import Defense, DefenseContext, DefenseData, DefenseResult
 from onp.defenses.registry import register_defense
-from onp.utils.batching import batches
 
 
 def smoothed_cross_entropy(logits: Tensor, y: Tensor, smoothing: float) -> Tensor:
@@ -36,14 +37,18 @@ def smoothed_cross_entropy(logits: Tensor, y: Tensor, smoothing: float) -> Tenso
     return -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
 
-def _momentum(model: nn.Module, value: float | None) -> list[float | None]:
-    """Set every BatchNorm's momentum to ``value`` (None: leave it); return the old ones."""
+@contextlib.contextmanager
+def frozen_running_stats(model: nn.Module) -> Iterator[None]:
+    """BatchNorm's running statistics left as they are inside the block (momentum 0), restored after."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     old = [m.momentum for m in norms]
-    if value is not None:
-        for m in norms:
-            m.momentum = value
-    return old
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, v in zip(norms, old):
+            m.momentum = v
 
 
 def sam_step(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: Any, rho: float, adaptive: bool = True,
@@ -63,13 +68,9 @@ def sam_step(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: Any, rho: fl
             e = g * scale * (p * p if adaptive else 1.0)
             p.add_(e)
             moves.append((p, e))
-    old = _momentum(model, 0.0)  # the second pass must not move the running statistics again
-    try:
+    with frozen_running_stats(model):  # the second pass must not move the running statistics again
         opt.zero_grad()
         loss_fn().backward()
-    finally:
-        for m, v in zip([m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)], old):
-            m.momentum = v
     with torch.no_grad():
         for p, e in moves:
             p.sub_(e)
@@ -90,16 +91,13 @@ class FTSAM(Defense):
 
     def repair(self, model: nn.Module, data: DefenseData, ctx: DefenseContext) -> DefenseResult:
         model = copy.deepcopy(model).to(ctx.device).train()
-        x, y = data.x_all, data.y_all
         opt = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(self.epochs, 1))
         g = torch.Generator().manual_seed(ctx.seed)
-        per_epoch = (len(x) + self.batch_size - 1) // self.batch_size
+        per_epoch = (len(data.y_all) + self.batch_size - 1) // self.batch_size
         with ctx.progress(total=self.epochs * per_epoch, desc="ft-sam") as bar:
-            for epoch in range(self.epochs):
-                for idx in batches(len(x), self.batch_size, g):
-                    xb = x[idx] if data.augment is None else data.augment(x[idx], g)
-                    xb, yb = xb.to(ctx.device), y[idx].to(ctx.device)
+            for _ in range(self.epochs):
+                for xb, yb in data.train_batches(self.batch_size, g, device=ctx.device):
                     loss = sam_step(model, opt, lambda: smoothed_cross_entropy(model(xb), yb, self.label_smoothing),
                                     self.rho, self.adaptive)
                     bar.update(1, loss=loss.item())
