@@ -2,7 +2,8 @@
 # `onp repair` end to end on CIFAR-10 with a model whose architecture exists only in a user's file
 # (examples/custom_net.py): backdoor it with BadNets (10%, target 2: not the zoo's 0), export 500 clean
 # training images as PNG class folders, repair it knowing nothing but the file, the weights and the folder,
-# then measure both models on the test set with the trigger (only after the repair). Writes docs/results/repair_user_arch.md.
+# then measure both models on the test set with the trigger (only after the repair).
+# Writes docs/results/repair_user_arch.md.
 # Usage: benchmarks/repair_user_arch.sh [EPOCHS]   (THREADS=N to limit the cores, TARGET=K for another target)
 set -euo pipefail
 cd "$(dirname "$0")/.."
