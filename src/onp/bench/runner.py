@@ -244,7 +244,8 @@ def cell_spec(cfg: BenchConfig, cell: DefenseCell, model_dir: Path, show_progres
         "id": cell.id, "bench": cfg.name, "model_id": cell.model.id, "model_dir": str(model_dir),
         "data": {"name": run.data.name, "root": run.data.root}, "model": asdict(run.model),
         "defense": asdict(cell.defense), "seed": cell.seed, "defense_size": cell.defense_size,
-        "clean_source": cell.clean_source, "threads": cfg.threads, "device": cfg.device, "curves": cfg.curves, "curve_images": cfg.curve_images,
+        "clean_source": cell.clean_source, "threads": cfg.threads, "device": cfg.device, "curves": cfg.curves,
+        "curve_images": cfg.curve_images,
         "show_progress": show_progress, "cache_dir": str(Path(cfg.zoo) / ".cache"),
     }
 
