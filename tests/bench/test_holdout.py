@@ -95,3 +95,20 @@ def test_the_development_grid_keeps_its_model_and_cell_ids() -> None:
     ids = {c.id for c in cells}
     rows = [r for r in read_results(ROOT / "docs" / "results" / "cifar10_cpu.jsonl") if r.get("asr") is not None]
     assert rows and all(r["id"] in ids for r in rows)
+
+
+def test_an_architecture_can_take_only_some_attacks(tmp_path: Path) -> None:
+    p = tmp_path / "x.yaml"
+    p.write_text("name: x\nmodels: [{name: resnet18}, {name: vgg16_bn}]\n"
+                 "attacks: [{name: badnets}, {name: blended}, {name: sig}]\n"
+                 "model_attacks: {vgg16_bn: [badnets, sig]}\ndefenses: [{name: clp}]\n")
+    models, _ = expand(load_bench(p))
+    assert [(m.run.model.name, m.run.attack.name) for m in models] == [
+        ("resnet18", "badnets"), ("resnet18", "blended"), ("resnet18", "sig"), ("vgg16_bn", "badnets"),
+        ("vgg16_bn", "sig")]
+    p.write_text("name: x\nattacks: [{name: badnets}]\nmodel_attacks: {vgg16_bn: [wanet]}\ndefenses: [{name: clp}]\n")
+    with pytest.raises(OnpError, match="lists 'wanet', which is not among the attacks"):
+        load_bench(p)
+    p.write_text("name: x\nattacks: [{name: badnets}]\nmodel_attacks: {vgg16_bn: badnets}\ndefenses: [{name: clp}]\n")
+    with pytest.raises(OnpError, match="needs a list of attack names"):
+        load_bench(p)

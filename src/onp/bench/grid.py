@@ -56,6 +56,8 @@ class BenchConfig:
     """Architectures."""
     attacks: list[AttackConfig] = field(default_factory=lambda: [AttackConfig()])
     """Attacks (poison rate, target and trigger parameters per attack)."""
+    model_attacks: dict[str, list[str]] = field(default_factory=dict)
+    """For an architecture named here, only the attacks listed (by name); the others get every attack."""
     defenses: list[DefenseSpec] = field(default_factory=list)
     """Defenses."""
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -91,6 +93,12 @@ class BenchConfig:
     """auto, cpu, cuda."""
 
     def __post_init__(self) -> None:
+        names = {a.name for a in self.attacks}
+        for model, attacks in self.model_attacks.items():
+            if not isinstance(attacks, list) or not all(isinstance(a, str) for a in attacks):
+                raise OnpError(f"model_attacks: {model} needs a list of attack names, got {attacks!r}")
+            if unknown := [a for a in attacks if a not in names]:
+                raise OnpError(f"model_attacks: {model} lists {unknown[0]!r}, which is not among the attacks")
         if self.clean_source not in ("auto", "pool", "train"):
             raise OnpError(f"clean_source must be auto, pool or train, got {self.clean_source!r}")
         if self.clean_source == "pool" and not self.holdout:
@@ -173,6 +181,8 @@ def expand(cfg: BenchConfig) -> tuple[list[ModelCell], list[DefenseCell]]:
     for data in cfg.all_data():
         for model in cfg.models:
             for attack in cfg.attacks:
+                if model.name in cfg.model_attacks and attack.name not in cfg.model_attacks[model.name]:
+                    continue
                 for mseed in cfg.model_seeds:
                     run = AttackRun(data=data, model=model, attack=attack, train=cfg.train,
                                     reference_epochs=cfg.reference_epochs, reference=cfg.reference, seed=mseed,
