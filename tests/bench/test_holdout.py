@@ -48,6 +48,8 @@ def test_models_leave_the_pool_out_and_defenses_draw_from_it(tmp_path: Path) -> 
     cfg_path = tmp_path / "held.yaml"
     cfg_path.write_text(HELD.format(zoo=tmp_path / "zoo"))
     cfg = load_bench(cfg_path)
+    assert run_bench(cfg, tmp_path / "r.jsonl", models_only=True) == []  # trains the model, runs no cell
+    assert len(list((tmp_path / "zoo").glob("*/model.json"))) == 1 and not (tmp_path / "r.jsonl").exists()
     rows = run_bench(cfg, tmp_path / "r.jsonl")
     assert len(rows) == 1 and rows[0]["clean_source"] == "pool"
     model_dir = Path(rows[0]["model_dir"])

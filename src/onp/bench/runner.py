@@ -272,13 +272,15 @@ def refuse_stale_rows(cells: list[DefenseCell], rows: dict[str, dict[str, Any]],
 
 def run_bench(cfg: BenchConfig, results: str | Path, executor: str = "local", address: str | None = None,
               progress: ProgressFactory = null_progress, show_cell_progress: bool = False,
-              max_cells: int | None = None, jobs: int = 1, only: list[str] | None = None) -> list[dict[str, Any]]:
+              max_cells: int | None = None, jobs: int = 1, only: list[str] | None = None,
+              models_only: bool = False) -> list[dict[str, Any]]:
     """Run every cell of ``cfg`` not yet in ``results``; return all rows (old and new) in grid order.
 
     ``max_cells`` stops after that many new cells (for tests of resumption and for slicing long runs); ``jobs``
     cells run at once on the local executor (give each ``threads`` cores: 2 jobs of 1 thread on 2 cores);
     ``only`` keeps the cells whose id (``<dataset>-<model>-<attack>-s<seed>-<hash>/<defense>-s<seed>-<hash>``)
-    matches one of these shell patterns, and trains only their models.
+    matches one of these shell patterns, and trains only their models. ``models_only`` trains the models those
+    cells need and returns no rows.
     """
     if executor not in EXECUTORS:
         raise OnpError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
@@ -300,6 +302,8 @@ def run_bench(cfg: BenchConfig, results: str | Path, executor: str = "local", ad
         for mid, mc in needed.items():
             model_dirs[mid] = ensure_model(mc, zoo, progress)
             bar.update(1)
+    if models_only:
+        return []
     specs = [cell_spec(cfg, c, model_dirs[c.model.id], show_cell_progress) for c in todo]
     with progress(total=len(specs), desc="grid") as bar:
         if executor == "local":
