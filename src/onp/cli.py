@@ -189,7 +189,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     results = args.results or str(Path(args.config).with_suffix(".jsonl"))
     rows = run_bench(cfg, results, executor=args.executor, address=args.address, jobs=args.jobs,
                      progress=_progress(), show_cell_progress=not args.quiet, max_cells=args.max_cells,
-                     only=args.only)
+                     only=args.only, models_only=args.models_only)
+    if args.models_only:
+        print(f"the models of the grid{' slice' if args.only else ''} are in {cfg.zoo}")
+        return 0
     print(f"{len(rows)} rows in {results}")
     print_table([{"attack": r["attack"]["name"], "defense": r["defense"], "seed": r["seed"], **{
         k: r[k] for k in ("clean_acc", "asr", "ra", "der", "wall_time")}} for r in rows],
@@ -323,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", metavar="GLOB",
                    help="run only the cells whose id matches, e.g. '*-sig-*/onp-s0-*' (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar for the cell in flight")
+    p.add_argument("--models-only", action="store_true",
+                   help="train the grid's missing models (those of --only's cells) and stop; two such runs with "
+                        "different --only train on two cores")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_bench)

@@ -84,6 +84,11 @@ class AttackRun:
     """A saved clean model to use as that reference instead of training (or reusing a cached) one."""
     seed: int = 0
     """Seeds the poisoning and the training."""
+    holdout: int = 0
+    """Training images left out of the model's training (class-balanced, drawn with ``holdout_seed``): a
+    defender's pool of clean images the model never saw. 0 trains on the whole training set."""
+    holdout_seed: int = 0
+    """Seed of the draw of the held-out pool (the same pool for every model that gives the same seed)."""
     device: str = "auto"
     """auto, cpu, cuda, cuda:1, ..."""
     threads: int | None = None
@@ -94,6 +99,8 @@ class AttackRun:
     def __post_init__(self) -> None:
         at_least(self.reference_epochs, 1, "reference_epochs")
         at_least(self.seed, 0, "seed")
+        at_least(self.holdout, 0, "holdout")
+        at_least(self.holdout_seed, 0, "holdout_seed")
         if self.seed > MAX_SEED:
             raise OnpError(f"seed must be at most {MAX_SEED}, got {self.seed}")
         if self.threads is not None:

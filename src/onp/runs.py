@@ -14,7 +14,7 @@ from torch import nn
 from onp.artifacts import ArchSpec, load_attack, load_model, read_model_meta, recorded_data_root, save_model
 from onp.attacks import create_attack
 from onp.config import AttackRun, to_dict
-from onp.data import ImageDataset, create_dataset
+from onp.data import ImageDataset, create_dataset, holdout_split
 from onp.errors import OnpError
 from onp.evaluate import evaluate
 from onp.models.user import is_user_spec
@@ -101,6 +101,11 @@ def run_attack(cfg: AttackRun, progress: ProgressFactory = null_progress, clean:
     device = resolve_device(cfg.device)
     train = create_dataset(cfg.data.name, cfg.data.root, "train", download=cfg.data.download)
     test = create_dataset(cfg.data.name, cfg.data.root, "test", download=cfg.data.download)
+    holdout = None
+    if cfg.holdout:  # the defender's pool: never poisoned, never trained on
+        pool, rest = holdout_split(train.labels, train.num_classes, cfg.holdout, cfg.holdout_seed)
+        holdout = {"size": len(pool), "seed": cfg.holdout_seed, "indices_sha": stable_hash(pool.tolist())}
+        train = train.subset(rest)
     attack = None if clean else create_attack(
         cfg.attack.name, train.num_classes, train.image_shape, target_label=cfg.attack.target_label,
         poison_rate=cfg.attack.poison_rate, all_to_all=cfg.attack.all_to_all, seed=cfg.seed, **cfg.attack.params)
@@ -125,7 +130,8 @@ def run_attack(cfg: AttackRun, progress: ProgressFactory = null_progress, clean:
     meta = {
         "arch": spec.to_dict(),
         "data": {"name": cfg.data.name, "image_shape": list(train.image_shape), "num_train": len(train),
-                 "normalization": {"mean": list(train.mean), "std": list(train.std), "input_range": [0, 1]}},
+                 "normalization": {"mean": list(train.mean), "std": list(train.std), "input_range": [0, 1]},
+                 **({"holdout": holdout} if holdout else {})},
         "attack": None if attack is None else attack.config(),
         "poison": poison,
         "train": to_dict(cfg.train),

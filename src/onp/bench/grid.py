@@ -56,6 +56,8 @@ class BenchConfig:
     """Architectures."""
     attacks: list[AttackConfig] = field(default_factory=lambda: [AttackConfig()])
     """Attacks (poison rate, target and trigger parameters per attack)."""
+    model_attacks: dict[str, list[str]] = field(default_factory=dict)
+    """For an architecture named here, only the attacks listed (by name); the others get every attack."""
     defenses: list[DefenseSpec] = field(default_factory=list)
     """Defenses."""
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -69,7 +71,16 @@ class BenchConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     """Seeds of the defenses (each draws its own clean split)."""
     defense_size: int = 500
-    """Clean images per defense (class-balanced from the training set)."""
+    """Clean images per defense, class-balanced, drawn with the defense's seed from ``clean_source``."""
+    holdout: int = 0
+    """Training images every model of the grid leaves out of its training (class-balanced, ``holdout_seed``):
+    a defender's pool of images the models never saw. 0: the models train on the whole training set."""
+    holdout_seed: int = 0
+    """Seed of the held-out pool's draw."""
+    clean_source: str = "auto"
+    """Where the defenses' clean images come from: ``pool`` (the held-out pool, a practitioner's case), ``train``
+    (the training set, the models' own images: the benchmark convention of the defense papers), ``auto``
+    (``pool`` when the grid holds one out, else ``train``)."""
     zoo: str = "benchmarks/zoo"
     """Where backdoored models are kept and looked up by config hash."""
     curves: bool = True
@@ -80,6 +91,27 @@ class BenchConfig:
     """Torch threads per cell (default: the cores the process may use)."""
     device: str = "auto"
     """auto, cpu, cuda."""
+
+    def __post_init__(self) -> None:
+        names = {a.name for a in self.attacks}
+        for model, attacks in self.model_attacks.items():
+            if not isinstance(attacks, list) or not all(isinstance(a, str) for a in attacks):
+                raise OnpError(f"model_attacks: {model} needs a list of attack names, got {attacks!r}")
+            if unknown := [a for a in attacks if a not in names]:
+                raise OnpError(f"model_attacks: {model} lists {unknown[0]!r}, which is not among the attacks")
+        if self.clean_source not in ("auto", "pool", "train"):
+            raise OnpError(f"clean_source must be auto, pool or train, got {self.clean_source!r}")
+        if self.clean_source == "pool" and not self.holdout:
+            raise OnpError("clean_source pool needs a held-out pool: set holdout (e.g. 1000)")
+        if self.holdout and self.defense_size > self.holdout and self.source == "pool":
+            raise OnpError(f"defense_size {self.defense_size} is larger than the held-out pool of {self.holdout}")
+
+    @property
+    def source(self) -> str:
+        """``pool`` or ``train``: where the defenses' clean images come from."""
+        if self.clean_source == "auto":
+            return "pool" if self.holdout else "train"
+        return self.clean_source
 
     def all_data(self) -> list[DataConfig]:
         return self.datasets or [self.data]
@@ -94,9 +126,12 @@ def attack_key(run: AttackRun) -> str:
     """What determines a backdoored model: dataset, architecture, attack, training, seed, and for attacks that
     craft their trigger on a clean model, that reference (not output paths, devices or threads)."""
     needs_ref = ATTACKS.get(run.attack.name).needs_reference
-    return key({"data": run.data.name, "model": to_dict(run.model), "attack": to_dict(run.attack),
-                "train": to_dict(run.train), "seed": run.seed,
-                "reference": [run.reference, run.reference_epochs] if needs_ref else None})
+    what = {"data": run.data.name, "model": to_dict(run.model), "attack": to_dict(run.attack),
+            "train": to_dict(run.train), "seed": run.seed,
+            "reference": [run.reference, run.reference_epochs] if needs_ref else None}
+    if run.holdout:  # only then, so that the models made before holding out was possible keep their keys
+        what["holdout"] = [run.holdout, run.holdout_seed]
+    return key(what)
 
 
 @dataclass
@@ -115,11 +150,15 @@ class DefenseCell:
     defense: DefenseSpec
     seed: int
     defense_size: int
+    clean_source: str = "train"
+    """``train`` or ``pool`` (see :attr:`BenchConfig.clean_source`)."""
 
     @property
     def id(self) -> str:
-        return f"{self.model.id}/{self.defense.title}-s{self.seed}-" \
-               f"{key([self.defense.name, self.defense.params, self.seed, self.defense_size])}"
+        what: list[Any] = [self.defense.name, self.defense.params, self.seed, self.defense_size]
+        if self.clean_source != "train":  # only then, so that the rows made before keep their ids
+            what.append(self.clean_source)
+        return f"{self.model.id}/{self.defense.title}-s{self.seed}-{key(what)}"
 
 
 def load_bench(path: str | Path, overrides: dict[str, Any] | None = None) -> BenchConfig:
@@ -142,13 +181,16 @@ def expand(cfg: BenchConfig) -> tuple[list[ModelCell], list[DefenseCell]]:
     for data in cfg.all_data():
         for model in cfg.models:
             for attack in cfg.attacks:
+                if model.name in cfg.model_attacks and attack.name not in cfg.model_attacks[model.name]:
+                    continue
                 for mseed in cfg.model_seeds:
                     run = AttackRun(data=data, model=model, attack=attack, train=cfg.train,
                                     reference_epochs=cfg.reference_epochs, reference=cfg.reference, seed=mseed,
-                                    device=cfg.device, threads=cfg.threads)
+                                    holdout=cfg.holdout, holdout_seed=cfg.holdout_seed, device=cfg.device,
+                                    threads=cfg.threads)
                     mc = ModelCell(run)
                     models.append(mc)
                     for d in cfg.defenses:
                         for s in cfg.seeds:
-                            cells.append(DefenseCell(mc, d, s, cfg.defense_size))
+                            cells.append(DefenseCell(mc, d, s, cfg.defense_size, cfg.source))
     return models, cells

@@ -10,6 +10,7 @@ import os
 import shutil
 import statistics
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +244,10 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+SOURCES = {"train": "the training set the models trained on (the defense papers' convention)",
+           "pool": "a pool of training images every model left out of its training (a practitioner's case)"}
+
+
 def _row_problem(r: Any) -> str | None:
     """What makes ``r`` unreadable as a finished benchmark row, or None."""
     if not isinstance(r, dict):
@@ -258,6 +263,8 @@ def _row_problem(r: Any) -> str | None:
     before = r.get("before")
     if not isinstance(before, dict) or not all(_number(before.get(k)) for k in ("clean_acc", "asr")):
         return "no numbers before the defense"
+    if r.get("clean_source", "train") not in SOURCES:
+        return f"clean_source is not one of {', '.join(SOURCES)}"
     for key in ("selection_curve", "pruning_curve"):
         curve = r.get(key)
         if curve is not None and not (isinstance(curve, list) and all(isinstance(p, dict) for p in curve)):
@@ -297,6 +304,18 @@ def report_name(title: str | None, rows: list[dict[str, Any]]) -> str:
     name = str(rows[0].get("bench") or "results")
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name.replace("\\", "/")).name)
     return safe.lstrip(".") or "results"
+
+
+def clean_source_sentence(rows: list[dict[str, Any]]) -> str:
+    """Where the defenses' clean images came from, in one sentence (rows made before the choice existed drew
+    from the training set)."""
+    sizes = sorted({r.get("defense_size") for r in rows if r.get("defense_size")})
+    count = Counter(r.get("clean_source", "train") for r in rows)
+    n = "/".join(str(s) for s in sizes) or "the"
+    if len(count) == 1:
+        return f"Each defense drew its {n} clean images from {SOURCES[next(iter(count))]}."
+    parts = "; ".join(f"{c} cells from {SOURCES[k]}" for k, c in sorted(count.items()))
+    return f"The defenses drew their {n} clean images from two sources: {parts}."
 
 
 def write_report(results: str | Path, out: str | Path, title: str | None = None, command: str | None = None,
@@ -340,7 +359,8 @@ def write_report(results: str | Path, out: str | Path, title: str | None = None,
         intro = [f"# {name}", "",
                  f"{len(rows)} cells: {len(agg['attacks'])} attacks x {len(agg['defenses'])} defenses, seeds "
                  f"{seeds}. Best per row in bold (highest ACC, RA, DER; lowest ASR). ACC, ASR and RA are measured "
-                 "on the test set after each defense finished; DER = (max(0, dASR) - max(0, dACC) + 1) / 2."]
+                 "on the test set after each defense finished; DER = (max(0, dASR) - max(0, dACC) + 1) / 2. "
+                 + clean_source_sentence(rows)]
         if command:
             intro += ["", f"Made by: `{command}`"]
         md = intro + [""]

@@ -29,7 +29,7 @@ from onp.artifacts import load_attack, load_model
 from onp.attacks import Attack
 from onp.bench.grid import BenchConfig, DefenseCell, ModelCell, attack_key, expand
 from onp.config import AttackRun, from_dict
-from onp.data import ImageDataset, create_dataset
+from onp.data import ImageDataset, create_dataset, holdout_split
 from onp.defenses import create_defense
 from onp.defenses.base import Pruning
 from onp.defenses.pruning import pruning_curve
@@ -37,7 +37,7 @@ from onp.errors import OnpError
 from onp.evaluate import predict
 from onp.pipeline import defend
 from onp.runs import run_attack
-from onp.utils.io import atomic_write_text
+from onp.utils.io import atomic_write_text, stable_hash
 from onp.utils.progress import ProgressFactory, null_progress, tqdm_progress
 from onp.utils.runtime import provenance, resolve_device, set_threads
 
@@ -107,6 +107,23 @@ def ensure_model(cell: ModelCell, zoo: Path, progress: ProgressFactory = null_pr
 
 
 # --- one defense cell -------------------------------------------------------------------------------------------
+def clean_images(train: ImageDataset, meta: dict[str, Any], source: str, model_dir: str) -> tuple[ImageDataset, str]:
+    """The images a defense of this model draws its clean set from, and a word on them for the row: the images
+    the model trained on (``train``: the benchmark convention), or the pool it held out of its training
+    (``pool``), re-drawn from its recorded size and seed and checked against its recorded indices."""
+    held = (meta.get("data") or {}).get("holdout")
+    if not held:
+        if source == "pool":
+            raise OnpError(f"{model_dir} held no pool out of its training; it cannot give clean_source pool")
+        return train, "train split"
+    pool, rest = holdout_split(train.labels, train.num_classes, held["size"], held["seed"])
+    if stable_hash(pool.tolist()) != held["indices_sha"]:
+        raise OnpError(f"{model_dir}: the held-out pool re-drawn from its size and seed is not the one it recorded")
+    if source == "train":
+        return train.subset(rest), "train split (the images the model trained on)"
+    return train.subset(pool), f"held-out pool of {len(pool)} images the model never trained on"
+
+
 def run_defense_cell(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one defense cell from a plain-data ``spec`` and return its row. Runs in a fresh process."""
     set_threads(spec["threads"])
@@ -117,9 +134,11 @@ def run_defense_cell(spec: dict[str, Any]) -> dict[str, Any]:
     test = create_dataset(spec["data"]["name"], spec["data"]["root"], "test")
     attack = load_attack(spec["model_dir"], meta)
     defense = create_defense(spec["defense"]["name"], **spec["defense"]["params"])
-    outcome = defend(model, defense, train, size=spec["defense_size"], seed=spec["seed"], device=device,
-                     progress=progress, cache_dir=spec.get("cache_dir"), test=test, attack=attack,
-                     before=meta.get("metrics"))
+    source = spec.get("clean_source", "train")
+    clean, source_words = clean_images(train, meta, source, spec["model_dir"])
+    outcome = defend(model, defense, clean, size=spec["defense_size"], seed=spec["seed"], device=device,
+                     progress=progress, cache_dir=spec.get("cache_dir"), source=source_words, test=test,
+                     attack=attack, before=meta.get("metrics"))
     assert outcome.metrics is not None  # a test set was given
     details, pruning = outcome.result.details, outcome.pruning
     # a cell that loaded evidence another cell computed (ONP's ablations) is charged what computing it took, so
@@ -131,6 +150,7 @@ def run_defense_cell(spec: dict[str, Any]) -> dict[str, Any]:
         "dataset": spec["data"]["name"], "model": spec["model"], "attack": meta.get("attack"),
         "defense": spec["defense"]["label"] or spec["defense"]["name"], "defense_name": spec["defense"]["name"],
         "defense_params": defense.params(), "seed": spec["seed"], "defense_size": spec["defense_size"],
+        "clean_source": source,
         "before": before, "after": after, "clean_acc": after["clean_acc"], "asr": after.get("asr"),
         "ra": after.get("ra"), "der": der(before, after), "wall_time": wall, "wall_time_measured": outcome.wall_time,
         "num_pruned": pruning.num_pruned if pruning else None,
@@ -224,7 +244,8 @@ def cell_spec(cfg: BenchConfig, cell: DefenseCell, model_dir: Path, show_progres
         "id": cell.id, "bench": cfg.name, "model_id": cell.model.id, "model_dir": str(model_dir),
         "data": {"name": run.data.name, "root": run.data.root}, "model": asdict(run.model),
         "defense": asdict(cell.defense), "seed": cell.seed, "defense_size": cell.defense_size,
-        "threads": cfg.threads, "device": cfg.device, "curves": cfg.curves, "curve_images": cfg.curve_images,
+        "clean_source": cell.clean_source, "threads": cfg.threads, "device": cfg.device, "curves": cfg.curves,
+        "curve_images": cfg.curve_images,
         "show_progress": show_progress, "cache_dir": str(Path(cfg.zoo) / ".cache"),
     }
 
@@ -251,13 +272,15 @@ def refuse_stale_rows(cells: list[DefenseCell], rows: dict[str, dict[str, Any]],
 
 def run_bench(cfg: BenchConfig, results: str | Path, executor: str = "local", address: str | None = None,
               progress: ProgressFactory = null_progress, show_cell_progress: bool = False,
-              max_cells: int | None = None, jobs: int = 1, only: list[str] | None = None) -> list[dict[str, Any]]:
+              max_cells: int | None = None, jobs: int = 1, only: list[str] | None = None,
+              models_only: bool = False) -> list[dict[str, Any]]:
     """Run every cell of ``cfg`` not yet in ``results``; return all rows (old and new) in grid order.
 
     ``max_cells`` stops after that many new cells (for tests of resumption and for slicing long runs); ``jobs``
     cells run at once on the local executor (give each ``threads`` cores: 2 jobs of 1 thread on 2 cores);
     ``only`` keeps the cells whose id (``<dataset>-<model>-<attack>-s<seed>-<hash>/<defense>-s<seed>-<hash>``)
-    matches one of these shell patterns, and trains only their models.
+    matches one of these shell patterns, and trains only their models. ``models_only`` trains the models those
+    cells need and returns no rows.
     """
     if executor not in EXECUTORS:
         raise OnpError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
@@ -279,6 +302,8 @@ def run_bench(cfg: BenchConfig, results: str | Path, executor: str = "local", ad
         for mid, mc in needed.items():
             model_dirs[mid] = ensure_model(mc, zoo, progress)
             bar.update(1)
+    if models_only:
+        return []
     specs = [cell_spec(cfg, c, model_dirs[c.model.id], show_cell_progress) for c in todo]
     with progress(total=len(specs), desc="grid") as bar:
         if executor == "local":

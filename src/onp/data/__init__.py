@@ -8,7 +8,7 @@ and carry the dataset's normalization themselves (see :mod:`onp.models`).
 from onp.data import cifar, digits, gtsrb, imagefolder  # noqa: F401
 from onp.data.base import Augment, ImageDataset, channel_stats
 from onp.data.registry import DATASETS, create_dataset, list_datasets, register_dataset
-from onp.data.split import defense_split
+from onp.data.split import defense_split, holdout_split
 
 __all__ = ["DATASETS", "Augment", "ImageDataset", "channel_stats", "create_dataset", "defense_split",
-           "list_datasets", "register_dataset"]
+           "holdout_split", "list_datasets", "register_dataset"]

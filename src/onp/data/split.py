@@ -48,3 +48,13 @@ def defense_split(labels: Tensor, num_classes: int, size: int | None = None, fra
             raise OnpError(f"class {c} has {len(pool)} images, fewer than the {want} the defense split needs")
         chosen.append(pool[torch.randperm(len(pool), generator=g)[:want]])
     return torch.cat(chosen).sort().values
+
+
+def holdout_split(labels: Tensor, num_classes: int, size: int, seed: int) -> tuple[Tensor, Tensor]:
+    """``(pool, rest)``: ``size`` indices drawn class-balanced with ``seed`` (a defender's pool, left out of a
+    model's training) and all the others, both sorted. The same labels, size and seed give the same pool, so
+    every model of a benchmark that holds out the same pool leaves out the same images."""
+    pool = defense_split(labels, num_classes, size=size, seed=seed)
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    keep[pool] = False
+    return pool, torch.nonzero(keep).flatten()

@@ -132,8 +132,10 @@ class NAD(Defense):
 
     Defaults (BackdoorBench's NAD settings): teacher fine-tuned 10 epochs with lr 0.01;
     student trained 20 epochs with lr 0.01 (SGD, momentum 0.9, cosine schedule, the dataset's augmentation);
-    ``betas = (500, 1000, 1000)`` from the shallowest to the deepest stage; ``p = 2``. The authors' own
-    repository defaults to ``betas = (0, 0, 5000)``.
+    ``betas = (500, 1000, 1000)`` from the shallowest to the deepest stage; ``p = 2``. The authors' repository
+    (bboylyg/NAD, ``config.py``) has the same betas since its last change of them (earlier ``(0, 0, 5000)``);
+    it trains the student at lr 0.1 for 2 epochs, then 0.01, with Nesterov momentum, and ships its teacher
+    without the code that fine-tuned it.
 
     Args:
         teacher_epochs, teacher_lr: fine-tuning of the teacher.

@@ -18,4 +18,14 @@ from onp.defenses.onp.defense import (
     prior_scores,
 )
 
-__all__ = ["ONP", "PRIOR_WEIGHTS", "ONPConfig", "ONPGreedy", "ONPMask", "ONPNoGNN", "ONPNoRL", "onp_repair", "prior_scores"]
+__all__ = [
+    "ONP",
+    "PRIOR_WEIGHTS",
+    "ONPConfig",
+    "ONPGreedy",
+    "ONPMask",
+    "ONPNoGNN",
+    "ONPNoRL",
+    "onp_repair",
+    "prior_scores",
+]
