@@ -19,6 +19,22 @@ def load(path: Path) -> dict[tuple[str, str, int], dict]:
     return {(r["defense"], r["attack"]["name"], r["seed"]): r for r in rows if r.get("asr") is not None}
 
 
+def m(rs: list[dict], f) -> float:
+    return st.fmean(f(r) for r in rs)
+
+
+def asr(r: dict) -> float:
+    return 100 * r["asr"]
+
+
+def drop(r: dict) -> float:
+    return 100 * (r["before"]["clean_acc"] - r["clean_acc"])
+
+
+def der(r: dict) -> float:
+    return 100 * r["der"]
+
+
 def bootstrap(diff: dict[str, list[float]], draws: int = 10000, seed: int = 0) -> tuple[float, float]:
     """95% interval of the mean difference, resampling the attacks with replacement."""
     attacks, g = sorted(diff), random.Random(seed)
@@ -44,19 +60,6 @@ def main() -> None:
             print(f"| {d} | 0 | | | | | | | | |")
             continue
         o, c = [by[(b, a, s)] for a, s in keys], [by[(d, a, s)] for a, s in keys]
-
-        def m(rs: list[dict], f) -> float:
-            return st.fmean(f(r) for r in rs)
-
-        def asr(r: dict) -> float:
-            return 100 * r["asr"]
-
-        def drop(r: dict) -> float:
-            return 100 * (r["before"]["clean_acc"] - r["clean_acc"])
-
-        def der(r: dict) -> float:
-            return 100 * r["der"]
-
         wins = sum(y["der"] > x["der"] for x, y in zip(o, c))
         ties = sum(y["der"] == x["der"] for x, y in zip(o, c))
         diff: dict[str, list[float]] = {}

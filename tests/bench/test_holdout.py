@@ -69,17 +69,22 @@ def test_models_leave_the_pool_out_and_defenses_draw_from_it(tmp_path: Path) -> 
     assert cells[0].model.id == rows[0]["model_id"] and cells[0].id != rows[0]["id"]
 
 
-def test_a_pool_is_refused_where_there_is_none(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("text", "message"), [
+    ("clean_source: pool\n", "clean_source pool needs a held-out pool"),
+    ("clean_source: test\n", "clean_source must be auto, pool or train"),
+    ("holdout: 100\ndefense_size: 500\n", "larger than the held-out pool"),
+    ("attacks: [{name: badnets}]\nmodel_attacks: {vgg16_bn: [wanet]}\n",
+     "lists 'wanet', which is not among the attacks"),
+    ("attacks: [{name: badnets}]\nmodel_attacks: {vgg16_bn: badnets}\n", "needs a list of attack names"),
+])
+def test_bad_pool_and_attack_options_are_refused(tmp_path: Path, text: str, message: str) -> None:
     p = tmp_path / "x.yaml"
-    p.write_text("name: x\nclean_source: pool\ndefenses: [{name: clp}]\n")
-    with pytest.raises(OnpError, match="clean_source pool needs a held-out pool"):
+    p.write_text(f"name: x\n{text}defenses: [{{name: clp}}]\n")
+    with pytest.raises(OnpError, match=message):
         load_bench(p)
-    p.write_text("name: x\nclean_source: test\ndefenses: [{name: clp}]\n")
-    with pytest.raises(OnpError, match="clean_source must be auto, pool or train"):
-        load_bench(p)
-    p.write_text("name: x\nholdout: 100\ndefense_size: 500\ndefenses: [{name: clp}]\n")
-    with pytest.raises(OnpError, match="larger than the held-out pool"):
-        load_bench(p)
+
+
+def test_a_pool_is_refused_where_there_is_none() -> None:
     train = create_dataset("digits", None, "train")
     with pytest.raises(OnpError, match="held no pool out"):
         clean_images(train, {"data": {}}, "pool", "m")
@@ -108,9 +113,3 @@ def test_an_architecture_can_take_only_some_attacks(tmp_path: Path) -> None:
     assert [(m.run.model.name, m.run.attack.name) for m in models] == [
         ("resnet18", "badnets"), ("resnet18", "blended"), ("resnet18", "sig"), ("vgg16_bn", "badnets"),
         ("vgg16_bn", "sig")]
-    p.write_text("name: x\nattacks: [{name: badnets}]\nmodel_attacks: {vgg16_bn: [wanet]}\ndefenses: [{name: clp}]\n")
-    with pytest.raises(OnpError, match="lists 'wanet', which is not among the attacks"):
-        load_bench(p)
-    p.write_text("name: x\nattacks: [{name: badnets}]\nmodel_attacks: {vgg16_bn: badnets}\ndefenses: [{name: clp}]\n")
-    with pytest.raises(OnpError, match="needs a list of attack names"):
-        load_bench(p)

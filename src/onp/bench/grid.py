@@ -103,7 +103,7 @@ class BenchConfig:
             raise OnpError(f"clean_source must be auto, pool or train, got {self.clean_source!r}")
         if self.clean_source == "pool" and not self.holdout:
             raise OnpError("clean_source pool needs a held-out pool: set holdout (e.g. 1000)")
-        if self.holdout and self.defense_size > self.holdout and self.source == "pool":
+        if self.source == "pool" and self.defense_size > self.holdout:
             raise OnpError(f"defense_size {self.defense_size} is larger than the held-out pool of {self.holdout}")
 
     @property
