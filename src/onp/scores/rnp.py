@@ -41,9 +41,12 @@ def unlearn(model: nn.Module, x: Tensor, y: Tensor, device: torch.device, seed: 
 
 
 def recover_masks(unlearned: nn.Module, neurons: Neurons, x: Tensor, y: Tensor, device: torch.device, seed: int,
-                  lr: float = 0.2, epochs: int = 20, batch_size: int = 128) -> Tensor:
+                  lr: float = 0.2, epochs: int = 20, batch_size: int = 128, alpha: float = 0.2) -> Tensor:
     """RNP's second stage: neuron masks in [0, 1] learned on the frozen unlearned model to recover the clean
     loss. Backdoor neurons, untouched by unlearning, are not needed for recovery and get low masks.
+
+    The loss is scaled by ``alpha`` as in the authors' code (``--alpha 0.2``, ``loss = args.alpha * loss``), which
+    with plain momentum SGD makes the steps ``alpha`` times smaller than ``lr`` alone says.
 
     BatchNorm uses its running statistics here, unlike RNP's code (``model.train()``): that version is the one
     that reproduces the paper's BadNets result (docs/design.md, Defenses)."""
@@ -57,7 +60,7 @@ def recover_masks(unlearned: nn.Module, neurons: Neurons, x: Tensor, y: Tensor, 
         for _ in range(epochs):
             for idx in batches(len(x), batch_size, g):
                 hook.scale = m
-                loss = F.cross_entropy(unlearned(x[idx].to(device)), y[idx].to(device))
+                loss = alpha * F.cross_entropy(unlearned(x[idx].to(device)), y[idx].to(device))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -68,7 +71,7 @@ def recover_masks(unlearned: nn.Module, neurons: Neurons, x: Tensor, y: Tensor, 
 
 def rnp_masks(model: nn.Module, neurons: Neurons, x: Tensor, y: Tensor, device: torch.device, seed: int,
               unlearn_lr: float = 0.01, unlearn_epochs: int = 20, clean_threshold: float = 0.2,
-              recover_lr: float = 0.2, recover_epochs: int = 20, batch_size: int = 128
+              recover_lr: float = 0.2, recover_epochs: int = 20, batch_size: int = 128, recover_alpha: float = 0.2
               ) -> tuple[Tensor, dict[str, Any]]:
     """Unlearn, then recover masks; return the masks (aligned with ``neurons`` of ``model``) and diagnostics
     (among them the unlearned model's predictions per class, a signal of the backdoor's target)."""
@@ -76,7 +79,7 @@ def rnp_masks(model: nn.Module, neurons: Neurons, x: Tensor, y: Tensor, device: 
     acc = accuracy(unlearned, x, y, device)
     pred = predict(unlearned, x, device, 500)
     masks = recover_masks(unlearned, neurons.on(unlearned), x, y, device, seed, recover_lr, recover_epochs,
-                          batch_size)
+                          batch_size, recover_alpha)
     info = {"unlearn_epochs": took, "unlearned_clean_acc": acc,
             "unlearned_predictions": torch.bincount(pred, minlength=int(y.max()) + 1).tolist()}
     log.info("rnp: unlearned in %d epochs to clean acc %.3f", took, acc)
