@@ -31,3 +31,17 @@ def test_recovery_loss_scale_shrinks_the_steps_as_in_the_authors_code() -> None:
     unscaled = masks(alpha=1.0, lr=0.2)
     assert (scaled - unscaled).abs().max() > 1e-3
     assert scaled.min() >= 0 and scaled.max() <= 1
+
+
+def test_recovery_on_batch_statistics_leaves_the_model_in_its_mode() -> None:
+    # the authors recover in model.train(); running statistics (ONP's evidence) give other masks
+    model = net()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(64, 1, 8, 8, generator=g), torch.randint(0, 10, (64,), generator=g)
+    neurons = find_neurons(model, x[:1])
+    running = recover_masks(model, neurons, x, y, torch.device("cpu"), seed=0, epochs=2, batch_size=16,
+                            batch_stats=False)
+    assert not model.training
+    batch = recover_masks(model, neurons, x, y, torch.device("cpu"), seed=0, epochs=2, batch_size=16)
+    assert not model.training
+    assert (running - batch).abs().max() > 1e-3
