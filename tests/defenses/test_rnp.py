@@ -2,46 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 
 from onp.graph.neurons import find_neurons
-from onp.models import create_model
 from onp.scores import recover_masks
 
 
-def net() -> nn.Module:
-    torch.manual_seed(0)
-    return create_model("small_cnn", 10, 1, (0.3,), (0.38,), width=8).eval()
-
-
-def masks(alpha: float, lr: float) -> torch.Tensor:
-    model = net()
+def recover(model: nn.Module, **kw: Any) -> torch.Tensor:
+    """Masks recovered on 64 random images of ``model`` (``kw``: ``recover_masks``' settings)."""
     g = torch.Generator().manual_seed(1)
     x, y = torch.rand(64, 1, 8, 8, generator=g), torch.randint(0, 10, (64,), generator=g)
-    neurons = find_neurons(model, x[:1])
-    return recover_masks(model, neurons, x, y, torch.device("cpu"), seed=0, lr=lr, epochs=3, batch_size=16,
-                         alpha=alpha)
+    return recover_masks(model, find_neurons(model, x[:1]), x, y, torch.device("cpu"), seed=0, batch_size=16, **kw)
 
 
-def test_recovery_loss_scale_shrinks_the_steps_as_in_the_authors_code() -> None:
+def test_recovery_loss_scale_shrinks_the_steps_as_in_the_authors_code(small_net: Callable[[], nn.Module]) -> None:
     # the authors multiply the recovery loss by alpha (0.2); with momentum SGD that is lr * alpha
-    scaled = masks(alpha=0.2, lr=0.2)
-    assert torch.allclose(scaled, masks(alpha=1.0, lr=0.04), atol=1e-5)
-    unscaled = masks(alpha=1.0, lr=0.2)
+    scaled = recover(small_net(), alpha=0.2, lr=0.2, epochs=3)
+    assert torch.allclose(scaled, recover(small_net(), alpha=1.0, lr=0.04, epochs=3), atol=1e-5)
+    unscaled = recover(small_net(), alpha=1.0, lr=0.2, epochs=3)
     assert (scaled - unscaled).abs().max() > 1e-3
     assert scaled.min() >= 0 and scaled.max() <= 1
 
 
-def test_recovery_on_batch_statistics_leaves_the_model_in_its_mode() -> None:
+def test_recovery_on_batch_statistics_leaves_the_model_in_its_mode(small_net: Callable[[], nn.Module]) -> None:
     # the authors recover in model.train(); running statistics (ONP's evidence) give other masks
-    model = net()
-    g = torch.Generator().manual_seed(1)
-    x, y = torch.rand(64, 1, 8, 8, generator=g), torch.randint(0, 10, (64,), generator=g)
-    neurons = find_neurons(model, x[:1])
-    running = recover_masks(model, neurons, x, y, torch.device("cpu"), seed=0, epochs=2, batch_size=16,
-                            batch_stats=False)
-    assert not model.training
-    batch = recover_masks(model, neurons, x, y, torch.device("cpu"), seed=0, epochs=2, batch_size=16)
-    assert not model.training
+    a, b = small_net(), small_net()
+    running = recover(a, epochs=2, batch_stats=False)
+    batch = recover(b, epochs=2)
+    assert not a.training and not b.training
     assert (running - batch).abs().max() > 1e-3
