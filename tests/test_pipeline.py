@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -74,3 +75,15 @@ def test_the_whole_pool_when_no_size_is_given(model: nn.Module, digits: ImageDat
     out = defend(model, create_defense("finetune", epochs=1), pool, source="folder x")
     assert out.clean_split["size"] == 50 and out.clean_split["source"] == "folder x"
     assert len(out.data.x_fit) + len(out.data.x_val) == 50
+
+
+@pytest.mark.parametrize("method", ["finetune", "clp"])
+def test_a_frozen_model_is_repaired_and_stays_frozen(model: nn.Module, digits: ImageDataset, method: str) -> None:
+    frozen_copy = copy.deepcopy(model).requires_grad_(False)
+    before = {k: v.clone() for k, v in frozen_copy.state_dict().items()}
+    settings = {"epochs": 1} if method == "finetune" else {"selection": "bound", "max_drop": 1.0}
+    out = defend(frozen_copy, create_defense(method, **settings), digits, size=60)
+    assert not any(p.requires_grad for p in frozen_copy.parameters()), "the user's flags come back"
+    assert all(torch.equal(v, before[k]) for k, v in frozen_copy.state_dict().items())
+    changed = any(not torch.equal(v, before[k]) for k, v in out.model.state_dict().items())
+    assert changed, "the defense did its work on the frozen model"

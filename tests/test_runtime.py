@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from onp.utils.runtime import batch_statistics, frozen
+from onp.utils.runtime import batch_statistics, frozen, trainable
 
 
 def _net() -> nn.Module:
@@ -44,3 +44,13 @@ def test_frozen_restores_each_flag() -> None:
     with frozen(net):
         assert not any(p.requires_grad for p in net.parameters())
     assert not net[0].weight.requires_grad and net[0].bias.requires_grad and net[1].weight.requires_grad
+
+
+def test_trainable_records_gradients_and_restores_each_flag() -> None:
+    net = _net()
+    net.requires_grad_(False)
+    net[1].weight.requires_grad_(True)
+    with torch.no_grad(), trainable(net):
+        assert all(p.requires_grad for p in net.parameters())
+        assert net(torch.rand(2, 3, 6, 6)).grad_fn is not None, "autograd records even under no_grad"
+    assert [p.requires_grad for p in net.parameters()] == [False, False, True, False, False, False]

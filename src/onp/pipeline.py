@@ -22,7 +22,7 @@ from onp.defenses.base import Pruning
 from onp.evaluate import accuracy, evaluate
 from onp.utils.io import stable_hash
 from onp.utils.progress import ProgressFactory, null_progress
-from onp.utils.runtime import seed_everything
+from onp.utils.runtime import seed_everything, trainable
 
 
 @dataclass
@@ -135,7 +135,8 @@ def defend(model: nn.Module, defense: Defense, clean: ImageDataset, *, size: int
     data, idx = defense_data(clean, size, fraction, seed)
     ctx = DefenseContext(device, seed, progress, cache_dir)
     t0 = time.perf_counter()
-    result = defense.repair(model, data, ctx)
+    with trainable(model):  # a model handed over frozen (requires_grad off) is repaired all the same
+        result = defense.repair(model, data, ctx)
     wall = time.perf_counter() - t0
     split = {"source": source, "size": len(idx), "seed": seed, "indices_sha": stable_hash(idx.tolist())}
     outcome = DefenseOutcome(defense, result, data, split, seed, wall,

@@ -215,6 +215,15 @@ def test_unsupported_parametrized_layer_is_named() -> None:
     assert "gain" in msg and "Gain" in msg and "\n" not in msg
 
 
+def test_a_frozen_model_has_the_same_neurons() -> None:
+    model = create_model("resnet18", 10, 3, width=4)
+    live = find_neurons(model, torch.rand(1, *SHAPE))
+    model.requires_grad_(False)
+    frozen = find_neurons(model, torch.rand(1, *SHAPE))
+    assert [(c.name, c.size) for c in frozen.carriers] == [(c.name, c.size) for c in live.carriers]
+    assert not any(p.requires_grad for p in model.parameters())
+
+
 def test_model_without_linear_classifier() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     with pytest.raises(OnpError, match="no nn.Linear"):

@@ -13,6 +13,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from onp.errors import OnpError
+from onp.utils.runtime import trainable
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d)
 _WEIGHTED = (nn.Conv2d, nn.Linear)
@@ -128,7 +129,8 @@ def find_neurons(model: nn.Module, example: Tensor) -> Neurons:
     was_training = model.training
     model.eval()
     try:
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+        with trainable(model):  # Torch-Pruning traces grad_fn, which a frozen model would not record
+            dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
         groups = list(dg.get_all_groups(ignored_layers=[classifier], root_module_types=[nn.Conv2d, nn.Linear]))
     except Exception as e:  # noqa: BLE001 - tracing failures of a user's model become one clear line
         raise OnpError(f"cannot trace the model into a neuron graph: {type(e).__name__}: {e}") from None

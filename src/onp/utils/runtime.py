@@ -88,6 +88,21 @@ def frozen(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
 
 
 @contextlib.contextmanager
+def trainable(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Parameters of ``model`` require gradients (and autograd records) inside the block, as tracing through
+    ``grad_fn`` needs even for a model loaded frozen; their own flags come back after."""
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            yield model
+    finally:
+        for p, f in zip(model.parameters(), flags):
+            p.requires_grad_(f)
+
+
+@contextlib.contextmanager
 def batch_statistics(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """Inside the block the model's BatchNorm layers normalize with each batch's own statistics (train mode,
     as ANP's and RNP's code learn their masks) while every other module stays in eval mode; the running
