@@ -75,31 +75,27 @@ def provenance() -> dict[str, str | None]:
 
 
 @contextlib.contextmanager
-def frozen(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Parameters of ``model`` do not require gradients inside the block; their own flags come back after."""
+def _requiring_grad(model: torch.nn.Module, flag: bool) -> Iterator[torch.nn.Module]:
     flags = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
-        p.requires_grad_(False)
+        p.requires_grad_(flag)
     try:
-        yield model
-    finally:
-        for p, f in zip(model.parameters(), flags):
-            p.requires_grad_(f)
-
-
-@contextlib.contextmanager
-def trainable(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Parameters of ``model`` require gradients (and autograd records) inside the block, as tracing through
-    ``grad_fn`` needs even for a model loaded frozen; their own flags come back after."""
-    flags = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(True)
-    try:
-        with torch.enable_grad():
+        with torch.set_grad_enabled(flag or torch.is_grad_enabled()):
             yield model
     finally:
         for p, f in zip(model.parameters(), flags):
             p.requires_grad_(f)
+
+
+def frozen(model: torch.nn.Module) -> contextlib.AbstractContextManager[torch.nn.Module]:
+    """Parameters of ``model`` do not require gradients inside the block; their own flags come back after."""
+    return _requiring_grad(model, False)
+
+
+def trainable(model: torch.nn.Module) -> contextlib.AbstractContextManager[torch.nn.Module]:
+    """Parameters of ``model`` require gradients (and autograd records) inside the block, as tracing through
+    ``grad_fn`` needs even for a model loaded frozen; their own flags come back after."""
+    return _requiring_grad(model, True)
 
 
 @contextlib.contextmanager
