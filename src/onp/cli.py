@@ -204,7 +204,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from onp.bench.report import write_report
 
-    out = write_report(args.results, args.out, title=args.title, command=args.command_line, checks=args.checks)
+    out = write_report(args.results, args.out, title=args.title, command=args.command_line, checks=args.checks,
+                       compare=args.compare)
     print(f"wrote {out}")
     return 0
 
@@ -339,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", help="report name (default: the benchmark's)")
     p.add_argument("--command-line", help="the command that made the results, printed in the report")
     p.add_argument("--checks", help="YAML of published behaviour to hold the rows against (a 'checks:' list)")
+    p.add_argument("--compare", metavar="RESULTS",
+                   help="another benchmark's results (e.g. the development set's): where the two disagree per "
+                        "defense on mean ASR, ACC drop and DER")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_report)
 

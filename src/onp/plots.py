@@ -51,6 +51,11 @@ def _by(rows: list[dict[str, Any]], key: str) -> dict[str, list[dict[str, Any]]]
     return out
 
 
+def _case(row: dict[str, Any]) -> str:
+    """The line a benchmark row belongs to: its ``case`` when the report named one, else its attack."""
+    return row.get("case") or row["attack"]["name"]
+
+
 def _save_with_legend_beside(fig: Any, axes: Any, path: str | Path) -> None:
     """Save a figure of panels with one legend to their right: every label once, whichever panel it is in."""
     legend: dict[str, Any] = {}
@@ -120,7 +125,7 @@ def plot_search_curves(rows: list[dict[str, Any]], path: str | Path) -> None:
     by_defense = _by([r for r in rows if r.get("selection_curve")], "defense")
     if not by_defense:
         return
-    attacks = list(dict.fromkeys(r["attack"]["name"] for rs in by_defense.values() for r in rs))
+    attacks = list(dict.fromkeys(_case(r) for rs in by_defense.values() for r in rs))
     seeds = sorted({r["seed"] for rs in by_defense.values() for r in rs})
     styles = ["-", "--", ":", "-."]
     fig, axes = plt.subplots(1, len(by_defense), figsize=(5 * len(by_defense), 3.6), squeeze=False, sharey=True)
@@ -128,9 +133,9 @@ def plot_search_curves(rows: list[dict[str, Any]], path: str | Path) -> None:
         for r in rs:
             curve = r["selection_curve"]
             ax.plot([h["pruned"] for h in curve], [h["value"] for h in curve], alpha=0.85,
-                    color=f"C{attacks.index(r['attack']['name']) % 10}",
+                    color=f"C{attacks.index(_case(r)) % 10}",
                     linestyle=styles[seeds.index(r["seed"]) % len(styles)],
-                    label=f"{r['attack']['name']} s{r['seed']}")
+                    label=f"{_case(r)} s{r['seed']}")
         ax.set_title(d, fontsize=9)
         ax.set_xlabel("neurons pruned", fontsize=8)
         ax.grid(alpha=0.3)
@@ -164,7 +169,7 @@ def plot_pruning_curves(rows: list[dict[str, Any]], path: str | Path) -> None:
             at = [p for p in pts if p["pruned"] == chosen]
             if at:  # the set the defense chose, on both curves
                 ax.scatter([chosen] * 2, [100 * at[0]["clean_acc"], 100 * at[0]["asr"]], color=c, s=18, zorder=3)
-        ax.set_title(rs[0]["attack"]["name"], fontsize=9)
+        ax.set_title(_case(rs[0]), fontsize=9)
         ax.set_xlabel("neurons pruned", fontsize=8)
         ax.set_ylabel("test ACC / ASR (%)", fontsize=8)
         # the backdoor neurons sit in the first tens; a linear axis up to 30% of the network squeezes them
@@ -174,4 +179,30 @@ def plot_pruning_curves(rows: list[dict[str, Any]], path: str | Path) -> None:
         ax.axis("off")
     fig.suptitle("test ACC (solid) and ASR (dashed) against neurons pruned, first seed", fontsize=9)
     _save_with_legend_beside(fig, axes, path)
+    plt.close(fig)
+
+
+def plot_comparison(means: dict[str, dict[str, dict[str, float]]], here: str, there: str, path: str | Path) -> None:
+    """Each defense as an arrow from its place in ``there``'s results (hollow) to its place in ``here``'s
+    (filled), mean ACC drop against mean ASR: long arrows are the defenses the two sets disagree on."""
+    plt = _plt()
+    if plt is None:
+        return
+    fig, ax = plt.subplots(figsize=(7, 5))
+    palette = plt.get_cmap("tab20")  # more defenses than ten, each its own color
+    for i, d in enumerate(means[here]):
+        a, b = means[here][d], means[there][d]
+        c = palette(i % 20)
+        ax.annotate("", xy=(100 * a["drop"], 100 * a["asr"]), xytext=(100 * b["drop"], 100 * b["asr"]),
+                    arrowprops={"arrowstyle": "->", "color": c, "alpha": 0.7})
+        ax.scatter([100 * b["drop"]], [100 * b["asr"]], facecolors="none", edgecolors=c, s=30)
+        ax.scatter([100 * a["drop"]], [100 * a["asr"]], color=c, s=30, label=d)
+        ax.annotate(d, (100 * a["drop"], 100 * a["asr"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("mean ACC drop (points)")
+    ax.set_ylabel("mean ASR (%)")
+    ax.set_title(f"{there} (hollow) to {here} (filled)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
     plt.close(fig)

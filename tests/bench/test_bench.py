@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -356,3 +357,46 @@ def _alive(pid: int) -> bool:
         return False
     stat = Path(f"/proc/{pid}/stat")  # a zombie is gone for our purpose
     return not (stat.exists() and stat.read_text().split(") ")[1].startswith("Z"))
+
+
+def _cell(defense: str, attack: str, asr: float, acc: float = 0.88, model: str = "resnet18", seed: int = 0,
+          bench: str = "eval") -> dict:
+    before = {"clean_acc": 0.9, "asr": 1.0, "ra": 0.0}
+    return {"bench": bench, "attack": {"name": attack}, "defense": defense, "model": {"name": model, "width": 16},
+            "model_id": f"{model}-{attack}", "seed": seed, "asr": asr, "clean_acc": acc, "ra": 0.5,
+            "der": der(before, {"asr": asr, "clean_acc": acc}), "wall_time": 1.0, "before": before}
+
+
+def test_an_attack_on_a_second_architecture_is_its_own_line() -> None:
+    from onp.bench.report import aggregate, with_cases
+
+    rows = with_cases([_cell("x", "badnets", 0.1), _cell("x", "blended", 0.2), _cell("x", "badnets", 0.6, model="vgg")])
+    agg = aggregate(rows)
+    assert agg["attacks"] == ["badnets", "blended", "badnets (vgg w16)"]
+    assert agg["table"]["badnets"]["x"]["asr"][0] == 0.1 and agg["table"]["badnets (vgg w16)"]["x"]["asr"][0] == 0.6
+    assert [r["case"] for r in with_cases([_cell("x", "sig", 0.1, model="vgg")])] == ["sig"], "one architecture"
+
+
+def test_comparison_names_where_two_sets_disagree(tmp_path: Path) -> None:
+    from onp.bench.report import comparison_table
+
+    dev = [_cell("a", "badnets", 0.02, bench="dev"), _cell("a", "sig", 0.04, bench="dev"),
+           _cell("b", "badnets", 0.10, bench="dev"), _cell("c", "badnets", 0.1, bench="dev")]
+    ev = [_cell("a", "badnets", 0.03), _cell("a", "sig", 0.05, seed=0), _cell("a", "sig", 0.07, seed=1),
+          _cell("b", "badnets", 0.30, acc=0.85), _cell("d", "badnets", 0.1)]
+    table = comparison_table(ev, dev, "eval", "dev")
+    assert table[0][:4] == ["defense", "mean ASR eval", "mean ASR dev", "mean ASR difference"]
+    a, b = table[1:]  # c and d are in one set only
+    # a: sig's seeds averaged first, then the cases: (3 + 6) / 2 against (2 + 4) / 2
+    assert a[0] == "a" and a[1:4] == ["4.50", "3.00", "+1.50"] and a[-1] == "-"
+    assert b[0] == "b" and b[-1] == "ASR +20.00; ACC drop +3.00; DER -11.50"
+    (tmp_path / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in dev))
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ev))
+    out = write_report(tmp_path / "eval.jsonl", tmp_path / "out", compare=tmp_path / "dev.jsonl")
+    md = (out / "eval.md").read_text()
+    assert "## eval against dev, per defense" in md and "| b | 30.00 | 10.00 | +20.00 |" in md
+    assert (out / "comparison.png").stat().st_size > 1000
+    (tmp_path / "none.jsonl").write_text("")
+    with pytest.raises(OnpError, match="no finished benchmark rows to compare"):
+        write_report(tmp_path / "eval.jsonl", tmp_path / "out2", compare=tmp_path / "none.jsonl")
+    assert not (tmp_path / "out2").exists(), "nothing half-written"

@@ -31,23 +31,43 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def model_label(row: dict[str, Any], width: str = " w") -> str:
+    """The row's architecture in words: ``resnet18 w16`` (``width`` is the word before the width)."""
+    m = row.get("model") if isinstance(row.get("model"), dict) else {"name": row.get("model") or ""}
+    return str(m.get("name", "")) + (f"{width}{m['width']}" if m.get("width") else "")
+
+
+def with_cases(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each row with its ``case``, what the tables' lines are: the attack's name, and the architecture's too
+    where the rows hold several (``badnets (vgg16_bn w16)``; the most common architecture goes unnamed)."""
+    counts = Counter(model_label(r) for r in rows)
+    main = counts.most_common(1)[0][0] if counts else ""
+    return [r | {"case": r["attack"]["name"] if model_label(r) == main
+                 else f"{r['attack']['name']} ({model_label(r)})"} for r in rows]
+
+
+def _case(row: dict[str, Any]) -> str:
+    return row.get("case") or row["attack"]["name"]
+
+
 def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per (attack, defense): mean and std over seeds of each metric, plus the undefended model."""
-    attacks = list(dict.fromkeys(r["attack"]["name"] for r in rows))
+    """Per (case, defense): mean and std over seeds of each metric, plus the undefended model. A case is an
+    attack, or an attack on an architecture (:func:`with_cases`)."""
+    attacks = list(dict.fromkeys(_case(r) for r in rows))
     defenses = list(dict.fromkeys(r["defense"] for r in rows))
     table: dict[str, dict[str, dict[str, tuple[float, float]]]] = {}
     for a in attacks:
         for d in defenses:
-            rs = [r for r in rows if r["attack"]["name"] == a and r["defense"] == d]
+            rs = [r for r in rows if _case(r) == a and r["defense"] == d]
             if rs:
                 table.setdefault(a, {})[d] = {m: _mean_std([r.get(m) for r in rs]) for m, _, _ in METRICS} | \
                     {"wall_time": _mean_std([r["wall_time"] for r in rs]), "n": (len(rs), 0.0)}
     before = {}
     for a in attacks:
-        rs = [r for r in rows if r["attack"]["name"] == a]
+        rs = [r for r in rows if _case(r) == a]
         before[a] = {m: _mean_std([r["before"].get(m) for r in rs]) for m in ("clean_acc", "asr", "ra")}
     return {"attacks": attacks, "defenses": defenses, "table": table, "before": before,
-            "labels": {a: attack_label(next(r for r in rows if r["attack"]["name"] == a)) for a in attacks}}
+            "labels": {a: attack_label(next(r for r in rows if _case(r) == a)) for a in attacks}}
 
 
 def attack_label(row: dict[str, Any]) -> str:
@@ -56,8 +76,8 @@ def attack_label(row: dict[str, Any]) -> str:
     a = row["attack"]
     delta = (a.get("params") or {}).get("test_delta") if isinstance(a.get("params"), dict) else None
     if a["name"] == "sig" and isinstance(delta, (int, float)):
-        return f"sig (test amplitude {round(255 * delta)}/255)"
-    return a["name"]
+        return f"sig (test amplitude {round(255 * delta)}/255)" + _case(row)[len("sig"):]
+    return _case(row)
 
 
 def _best(values: list[float], better: Any) -> float | None:
@@ -105,24 +125,57 @@ def metric_table(agg: dict[str, Any], metric: str, label: str, better: Any) -> l
     return rows
 
 
+def defense_means(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """One defense's rows summed up: per case the mean over seeds of its ACC drop, ASR and DER, then the mean
+    (and the worst) over cases, so each case weighs the same however many seeds it has."""
+    by_case: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_case.setdefault(_case(r), []).append(r)
+    drop = [statistics.fmean(r["before"]["clean_acc"] - r["clean_acc"] for r in v) for v in by_case.values()]
+    asr = [statistics.fmean(r["asr"] for r in v) for v in by_case.values()]
+    der_ = [statistics.fmean(r["der"] for r in v) for v in by_case.values()]
+    times = [r["wall_time"] for r in rows]
+    return {"cells": len(rows), "cases": len(by_case), "drop": statistics.fmean(drop), "worst_drop": max(drop),
+            "asr": statistics.fmean(asr), "worst_asr": max(asr), "der": statistics.fmean(der_),
+            "time": statistics.fmean(times), "longest": max(times)}
+
+
 def summary_table(rows: list[dict[str, Any]], defenses: list[str]) -> list[list[str]]:
     """Per defense, over all its cells: mean and worst ACC drop and ASR, mean DER, mean and longest wall time.
     The mean ASR and drop are over attacks (each attack's mean over seeds), as in the per-attack tables."""
     out = [["defense", "cells", "attacks", "mean ACC drop", "worst ACC drop", "mean ASR", "worst ASR", "mean DER",
             "mean time (s)", "longest (s)"]]
     for d in defenses:
-        rs = [r for r in rows if r["defense"] == d]
-        by_attack: dict[str, list[dict[str, Any]]] = {}
-        for r in rs:
-            by_attack.setdefault(r["attack"]["name"], []).append(r)
-        drop = {a: statistics.fmean(r["before"]["clean_acc"] - r["clean_acc"] for r in v) for a, v in by_attack.items()}
-        asr = {a: statistics.fmean(r["asr"] for r in v) for a, v in by_attack.items()}
-        der_ = {a: statistics.fmean(r["der"] for r in v) for a, v in by_attack.items()}
-        times = [r["wall_time"] for r in rs]
-        out.append([d, str(len(rs)), str(len(by_attack)), f"{100 * statistics.fmean(drop.values()):.2f}",
-                    f"{100 * max(drop.values()):.2f}", f"{100 * statistics.fmean(asr.values()):.2f}",
-                    f"{100 * max(asr.values()):.2f}", f"{100 * statistics.fmean(der_.values()):.2f}",
-                    f"{statistics.fmean(times):.0f}", f"{max(times):.0f}"])
+        m = defense_means([r for r in rows if r["defense"] == d])
+        out.append([d, str(m["cells"]), str(m["cases"])]
+                   + [f"{100 * m[k]:.2f}" for k in ("drop", "worst_drop", "asr", "worst_asr", "der")]
+                   + [f"{m['time']:.0f}", f"{m['longest']:.0f}"])
+    return out
+
+
+# where two sets of results disagree on a defense: a difference of its mean beyond these (fractions)
+DISAGREE = {"asr": 0.05, "drop": 0.01, "der": 0.05}
+
+
+def comparison_table(rows: list[dict[str, Any]], other: list[dict[str, Any]], here: str, there: str
+                     ) -> list[list[str]]:
+    """Per defense in both sets of rows: mean ASR, mean ACC drop and mean DER in each, their difference, and
+    which of the three differ by more than :data:`DISAGREE` (the project's ACC-drop target is one point)."""
+    out = [["defense"] + [f"{label} {where}" for label in ("mean ASR", "mean ACC drop", "mean DER")
+                          for where in (here, there, "difference")] + ["disagree on"]]
+    others = {r["defense"] for r in other}
+    for d in dict.fromkeys(r["defense"] for r in rows):
+        if d not in others:
+            continue
+        a = defense_means([r for r in rows if r["defense"] == d])
+        b = defense_means([r for r in other if r["defense"] == d])
+        cells, differ = [], []
+        for k, label in (("asr", "ASR"), ("drop", "ACC drop"), ("der", "DER")):
+            diff = a[k] - b[k]
+            cells += [f"{100 * a[k]:.2f}", f"{100 * b[k]:.2f}", f"{100 * diff:+.2f}"]
+            if abs(diff) > DISAGREE[k]:
+                differ.append(f"{label} {100 * diff:+.2f}")
+        out.append([d] + cells + ["; ".join(differ) or "-"])
     return out
 
 
@@ -180,7 +233,7 @@ def checks_table(rows: list[dict[str, Any]], checks: list[dict[str, Any]]) -> li
         if "evidence" in c:
             out.append([c["claim"], c["evidence"], "see there"])
             continue
-        rs = sorted((r for r in rows if r["defense"] == c["defense"] and r["attack"]["name"] == c["attack"]),
+        rs = sorted((r for r in rows if r["defense"] == c["defense"] and _case(r) == c["attack"]),
                     key=lambda r: r["seed"])
         if not rs:
             out.append([c["claim"], "not run", "-"])
@@ -203,10 +256,9 @@ def leaderboard_csv(rows: list[dict[str, Any]]) -> str:
     w = csv.writer(buf)
     w.writerow(LEADERBOARD)
     for r in rows:
-        m = r.get("model") if isinstance(r.get("model"), dict) else {"name": r.get("model") or ""}
-        model = str(m.get("name", "")) + (f" width {m['width']}" if m.get("width") else "")
-        w.writerow([r.get("dataset", ""), model, r["attack"]["name"], r["attack"].get("poison_rate", ""), r["defense"],
-                    r["seed"], *(f"{100 * r[k]:.2f}" for k in ("clean_acc", "asr", "ra", "der"))])
+        w.writerow([r.get("dataset", ""), model_label(r, " width "), r["attack"]["name"],
+                    r["attack"].get("poison_rate", ""), r["defense"], r["seed"],
+                    *(f"{100 * r[k]:.2f}" for k in ("clean_acc", "asr", "ra", "der"))])
     return buf.getvalue()
 
 
@@ -217,6 +269,7 @@ CAPTIONS = {
     "search_curves.png": "The objective J of each set ONP and its comparators scored, against neurons pruned.",
     "pruning_curves.png": "Test ACC (solid) and ASR (dashed) along each pruning defense's ranking; the dot is the "
                           "set it chose.",
+    "comparison.png": "Each defense's mean ACC drop and mean ASR in the compared results (hollow) and here (filled).",
 }
 
 
@@ -318,14 +371,22 @@ def clean_source_sentence(rows: list[dict[str, Any]]) -> str:
     return f"The defenses drew their {n} clean images from two sources: {parts}."
 
 
+def _bench_name(rows: list[dict[str, Any]], fallback: str) -> str:
+    return str(rows[0].get("bench") or fallback)
+
+
 def write_report(results: str | Path, out: str | Path, title: str | None = None, command: str | None = None,
-                 checks: str | Path | None = None) -> Path:
+                 checks: str | Path | None = None, compare: str | Path | None = None) -> Path:
     """Write ``<name>.md``, ``<name>.html`` and PNG plots for the rows in ``results`` into ``out``; with
-    ``checks`` (see :func:`load_checks`), a section holding the rows against published behaviour."""
-    rows = read_report_rows(results)
+    ``checks`` (see :func:`load_checks`), a section holding the rows against published behaviour; with
+    ``compare`` (another results file, e.g. the development set's), where the two disagree per defense."""
+    rows = with_cases(read_report_rows(results))
     if not rows:
         raise OnpError(f"{results} holds no finished benchmark rows")
     claims = load_checks(checks) if checks else None
+    other = with_cases(read_report_rows(compare)) if compare else None
+    if other == []:
+        raise OnpError(f"{compare} holds no finished benchmark rows to compare with")
     out = Path(out)
     name = report_name(title, rows)
     if out.exists() and not out.is_dir():
@@ -340,6 +401,13 @@ def write_report(results: str | Path, out: str | Path, title: str | None = None,
     sections.append(("Defense wall time (s), mean over seeds", runtime_table(agg)))
     if claims:
         sections.append(("Checks against published behaviour", checks_table(rows, claims)))
+    here, there = _bench_name(rows, "these rows"), _bench_name(other or [{}], "the other rows")
+    if there == here:
+        here, there = "here", "compared"
+    if other:
+        sections.append((f"{here} against {there}, per defense (%, means over cases; disagreeing: a difference "
+                         f"beyond {100 * DISAGREE['asr']:.0f} points of ASR or DER or {100 * DISAGREE['drop']:.0f} "
+                         "of ACC drop)", comparison_table(rows, other, here, there)))
     created = make_parents(out / "report")
     # written beside ``out`` first, then moved in file by file: ``out`` may also hold the results themselves
     done = False
@@ -355,6 +423,11 @@ def write_report(results: str | Path, out: str | Path, title: str | None = None,
         if onp_rows:
             plots.plot_search_curves(onp_rows, tmp / "search_curves.png")
         plots.plot_pruning_curves(rows, tmp / "pruning_curves.png")
+        if other:
+            both = [d for d in agg["defenses"] if any(r["defense"] == d for r in other)]
+            means = {w: {d: defense_means([r for r in rs if r["defense"] == d]) for d in both}
+                     for w, rs in ((here, rows), (there, other))}
+            plots.plot_comparison(means, here, there, tmp / "comparison.png")
         images = [p.name for p in sorted(tmp.glob("*.png"))]
         intro = [f"# {name}", "",
                  f"{len(rows)} cells: {len(agg['attacks'])} attacks x {len(agg['defenses'])} defenses, seeds "
