@@ -1,12 +1,14 @@
-"""Write docs/attacks.md: each zoo model's ACC, ASR and RA as measured by `onp eval`, with the commands.
+"""Write docs/attacks.md: each zoo model's ACC, ASR and RA as measured by `onp eval`, with the commands; and
+the evaluation set's models (issue #19), each with its target label, when their zoo exists.
 
-    .venv/bin/python benchmarks/attacks_doc.py            # after benchmarks/make_zoo.sh 20
+    .venv/bin/python benchmarks/attacks_doc.py            # after benchmarks/make_zoo.sh 20 (and the eval models)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -18,6 +20,34 @@ from onp.runs import run_eval
 
 ATTACKS = ["badnets", "blended", "sig", "lc", "wanet", "inputaware", "trojannn", "bpp"]
 CLEAN_LABEL = {"sig", "lc"}
+
+
+def asr_target(attack: str) -> int:
+    """docs/attacks.md's bar on ASR (%): 80 for the clean-label attacks, 90 for the others; ACC's is 85."""
+    return 80 if attack in CLEAN_LABEL else 90
+
+
+def meets(m: dict[str, float], attack: str) -> bool:
+    return m["clean_acc"] >= 0.85 and m["asr"] >= asr_target(attack) / 100
+
+
+def eval_rows(zoo: Path, measure: Callable[[Path], dict[str, float]] = run_eval) -> list[str]:
+    """The evaluation set's table lines: one per model in ``zoo``, ResNet-18 first, then in the attacks' order,
+    with its target label, training seed and held-out pool as its metadata records them."""
+    models = [(json.loads(p.read_text()), p.parent) for p in zoo.glob("*/model.json")]
+    models.sort(key=lambda md: (md[0]["arch"]["name"] != "resnet18", md[0]["arch"]["name"],
+                                ATTACKS.index(md[0]["attack"]["name"]) if md[0]["attack"]["name"] in ATTACKS else 99))
+    rows = []
+    for meta, d in models:
+        a, arch = meta["attack"], meta["arch"]
+        m = measure(d)
+        held = (meta.get("data") or {}).get("holdout")
+        width = (arch.get("kwargs") or {}).get("width")
+        rows.append(f"| {arch['name']}{f' w{width}' if width else ''} | {a['name']} | {a['target_label']} | {meta['seed']} | "
+                    f"{held['size'] if held else 'none'} | {100 * m['clean_acc']:.2f} | {100 * m['asr']:.2f} | "
+                    f"{100 * m['ra']:.2f} | >= 85 / >= {asr_target(a['name'])} | "
+                    f"{'yes' if meets(m, a['name']) else '**no**'} |")
+    return rows
 
 
 def sig_at_training_amplitude(d: Path) -> dict[str, float]:
@@ -32,6 +62,7 @@ def sig_at_training_amplitude(d: Path) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--zoo", default="benchmarks/zoo")
+    ap.add_argument("--eval-zoo", default="benchmarks/zoo_eval")
     ap.add_argument("--out", default="docs/attacks.md")
     args = ap.parse_args()
     zoo = Path(args.zoo)
@@ -44,8 +75,7 @@ def main() -> None:
             continue
         meta = json.loads((d / "model.json").read_text())
         m = run_eval(d)
-        target = 80 if a in CLEAN_LABEL else 90
-        ok = m["clean_acc"] >= 0.85 and m["asr"] >= target / 100
+        target, ok = asr_target(a), meets(m, a)
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                            for k, v in meta["attack"]["params"].items())
         rows.append(f"| {a} | {100 * m['clean_acc']:.2f} | {100 * m['asr']:.2f} | {100 * m['ra']:.2f} | "
@@ -96,6 +126,20 @@ onp attack --dataset cifar10 --data-root ../shared/data/cifar10 --model resnet18
 onp eval benchmarks/zoo/cifar10-resnet18w16-ATTACK
 ```
 """
+    ev = Path(args.eval_zoo)
+    if ev.is_dir() and any(ev.glob("*/model.json")):
+        text += f"""
+## The evaluation set (issue #19)
+
+Models no defense was tuned on: the recipe above, but each attack's target label drawn from 1-9, training seed 1,
+and 1,000 training images (class-balanced, seed 19) left out of every model's training as the defenders' pool;
+VGG-16-BN takes one patch and one global trigger. ASR counts test images not of the model's own target class.
+Config: `benchmarks/cifar10_eval.yaml`; the models train with `onp bench benchmarks/cifar10_eval.yaml --results
+docs/results/cifar10_eval.jsonl --models-only` into `{ev.as_posix()}` (each measured here by `onp eval`).
+
+| model | attack | target | seed | held out | ACC % | ASR % | RA % | target ACC / ASR | met |
+|---|---|---|---|---|---|---|---|---|---|
+""" + "\n".join(eval_rows(ev)) + "\n"
     Path(args.out).write_text(text)
     print(f"wrote {args.out}")
 

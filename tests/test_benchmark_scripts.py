@@ -43,3 +43,23 @@ def test_paired_compares_only_shared_cells_and_bounds_the_difference(tmp_path: P
                          capture_output=True, text=True, check=True).stdout
     line = out.splitlines()[-1].split(" | ")
     assert line[1] == "2" and line[4] == "90.00 / 82.50" and line[6] == "1"  # 2 shared cells, x wins 1
+
+
+def test_attacks_doc_lists_the_evaluation_models_with_their_targets(tmp_path: Path) -> None:
+    doc = script("attacks_doc")
+
+    def model(name: str, arch: str, attack: str, target: int) -> None:
+        (tmp_path / name).mkdir()
+        meta = {"arch": {"name": arch, "kwargs": {"width": 16}}, "seed": 1,
+                "attack": {"name": attack, "target_label": target}, "data": {"holdout": {"size": 1000, "seed": 19}}}
+        (tmp_path / name / "model.json").write_text(json.dumps(meta))
+
+    model("v", "vgg16_bn", "badnets", 1)
+    model("s", "resnet18", "sig", 2)
+    model("b", "resnet18", "badnets", 1)
+    measured = {"v": {"clean_acc": 0.84, "asr": 0.95, "ra": 0.04}, "s": {"clean_acc": 0.88, "asr": 0.85, "ra": 0.1},
+                "b": {"clean_acc": 0.89, "asr": 0.97, "ra": 0.02}}
+    rows = doc.eval_rows(tmp_path, lambda d: measured[d.name])
+    assert rows == ["| resnet18 w16 | badnets | 1 | 1 | 1000 | 89.00 | 97.00 | 2.00 | >= 85 / >= 90 | yes |",
+                    "| resnet18 w16 | sig | 2 | 1 | 1000 | 88.00 | 85.00 | 10.00 | >= 85 / >= 80 | yes |",
+                    "| vgg16_bn w16 | badnets | 1 | 1 | 1000 | 84.00 | 95.00 | 4.00 | >= 85 / >= 90 | **no** |"]
