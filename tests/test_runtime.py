@@ -1,7 +1,10 @@
+import subprocess
+from pathlib import Path
+
 import torch
 from torch import nn
 
-from onp.utils.runtime import batch_statistics, frozen, trainable
+from onp.utils.runtime import batch_statistics, frozen, git_revision, trainable
 
 
 def _net() -> nn.Module:
@@ -54,3 +57,22 @@ def test_trainable_records_gradients_and_restores_each_flag() -> None:
         assert all(p.requires_grad for p in net.parameters())
         assert net(torch.rand(2, 3, 6, 6)).grad_fn is not None, "autograd records even under no_grad"
     assert [p.requires_grad for p in net.parameters()] == [False, False, True, False, False, False]
+
+
+def test_git_revision_is_dirty_only_when_the_package_changed(tmp_path: Path) -> None:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+
+    pkg = tmp_path / "src" / "pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "code.py").write_text("x = 1\n")
+    (tmp_path / "results.jsonl").write_text("")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    head = git("rev-parse", "HEAD").strip()
+    (tmp_path / "results.jsonl").write_text("{}\n")  # a bench writing its rows
+    assert git_revision(pkg) == head
+    (pkg / "code.py").write_text("x = 2\n")
+    assert git_revision(pkg) == head + "-dirty"
+    assert git_revision(Path("/")) is None

@@ -53,17 +53,19 @@ def set_threads(n: int | None) -> None:
     torch.set_num_threads(n)
 
 
-def git_revision() -> str | None:
-    """The git revision of the source tree the package runs from, or None outside a checkout."""
-    here = Path(__file__).resolve().parent
+def git_revision(package: Path | None = None) -> str | None:
+    """The git revision of the source tree the package runs from, or None outside a checkout; ``-dirty`` when the
+    package's own files (``package``, default: onp's folder) differ from it. Other files of the checkout (results
+    being written, docs) do not count: a row made by committed code says so."""
+    here = package or Path(__file__).resolve().parents[1]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
         )
         rev = out.stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True,
-            timeout=5,
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "."], cwd=here, capture_output=True,
+            text=True, timeout=5,
         ).stdout.strip()
         return rev + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
