@@ -1,6 +1,7 @@
 import subprocess
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -76,3 +77,13 @@ def test_git_revision_is_dirty_only_when_the_package_changed(tmp_path: Path) -> 
     (pkg / "code.py").write_text("x = 2\n")
     assert git_revision(pkg) == head + "-dirty"
     assert git_revision(Path("/")) is None
+
+
+def test_provenance_names_the_revision_read_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    from onp.utils import runtime
+
+    monkeypatch.setattr(runtime, "_PROVENANCE", {})
+    monkeypatch.setattr(runtime, "git_revision", lambda: "first")
+    assert runtime.provenance()["git"] == "first"
+    monkeypatch.setattr(runtime, "git_revision", lambda: "checkout changed during the run")
+    assert runtime.provenance()["git"] == "first"

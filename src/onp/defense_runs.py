@@ -126,6 +126,7 @@ def run_defend(model_path: str | Path, method: str, params: dict[str, Any], out:
     (``overwrite``: replace an earlier onp output at ``out``)."""
     check_output(out, overwrite, inputs=(model_path,))
     defense = create_defense(method, **params)  # bad settings fail before any work
+    provenance()  # read now: the revision of the code this process imported
     dev = resolve_device(device)
     model, meta = load_model(model_path, arch)
     attack = load_attack(model_path, meta) if evaluate_after else None  # a malformed record fails before the work
@@ -202,6 +203,7 @@ def run_repair(arch: str, weights: str | Path, clean_dir: str | Path, out: str |
     arch_file = arch.rsplit(":", 1)[0] if is_user_spec(arch) else None
     check_output(out, overwrite, inputs=(weights, clean_dir, *([arch_file] if arch_file else [])))
     defense = create_defense(method, **(params or {}))  # bad settings fail before any work
+    provenance()  # read now: the revision of the code this process imported
     dev = resolve_device(device)
     meta_path = Path(weights).with_name("model.json")
     src_meta = read_json(meta_path) if meta_path.is_file() else {}

@@ -97,6 +97,7 @@ def run_attack(cfg: AttackRun, progress: ProgressFactory = null_progress, clean:
     inputs = [p for p in (cfg.data.root, cfg.reference) if p]
     check_output(cfg.out, overwrite, inputs=tuple(inputs))
     t0 = time.perf_counter()
+    versions = provenance()  # the code imported now, whatever the checkout becomes during training
     set_threads(cfg.threads)
     device = resolve_device(cfg.device)
     train = create_dataset(cfg.data.name, cfg.data.root, "train", download=cfg.data.download)
@@ -140,7 +141,7 @@ def run_attack(cfg: AttackRun, progress: ProgressFactory = null_progress, clean:
         "history": history,
         "seed": cfg.seed,
         "wall_time": time.perf_counter() - t0,
-        **provenance(),
+        **versions,
     }
     save_model(cfg.out, model, meta, None if attack is None else attack.trigger_state(), overwrite=overwrite)
     ckpt.unlink(missing_ok=True)

@@ -126,6 +126,7 @@ def clean_images(train: ImageDataset, meta: dict[str, Any], source: str, model_d
 
 def run_defense_cell(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one defense cell from a plain-data ``spec`` and return its row. Runs in a fresh process."""
+    versions = provenance()  # read before the cell's work, while the checkout is the code this process imports
     set_threads(spec["threads"])
     progress = tqdm_progress if spec.get("show_progress") else null_progress
     device = resolve_device(spec["device"])
@@ -160,7 +161,7 @@ def run_defense_cell(spec: dict[str, Any]) -> dict[str, Any]:
         # what the defense saw on its clean images at each set it chose from (ONP: each step of its search)
         "selection_curve": pruning.curve if pruning else None,
         "ranking_head": pruning.ranking_head() if pruning else None,
-        "versions": provenance(), "host": socket.gethostname(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "versions": versions, "host": socket.gethostname(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     if spec.get("curves") and pruning is not None and attack is not None:
         granularity = defense.params().get("granularity", "neuron")

@@ -72,8 +72,16 @@ def git_revision(package: Path | None = None) -> str | None:
         return None
 
 
+_PROVENANCE: dict[str, str | None] = {}
+
+
 def provenance() -> dict[str, str | None]:
-    return {"onp": __version__, "torch": torch.__version__, "git": git_revision()}
+    """onp's and torch's versions and the git revision, read once per process at the first call: the entry
+    points call it before their work, so a result names the code that was imported, even when the checkout
+    changes while a long run goes on."""
+    if not _PROVENANCE:
+        _PROVENANCE.update({"onp": __version__, "torch": torch.__version__, "git": git_revision()})
+    return dict(_PROVENANCE)
 
 
 @contextlib.contextmanager
