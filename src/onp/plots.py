@@ -51,7 +51,7 @@ def _by(rows: list[dict[str, Any]], key: str) -> dict[str, list[dict[str, Any]]]
     return out
 
 
-def _case(row: dict[str, Any]) -> str:
+def case_of(row: dict[str, Any]) -> str:
     """The line a benchmark row belongs to: its ``case`` when the report named one, else its attack."""
     return row.get("case") or row["attack"]["name"]
 
@@ -125,7 +125,7 @@ def plot_search_curves(rows: list[dict[str, Any]], path: str | Path) -> None:
     by_defense = _by([r for r in rows if r.get("selection_curve")], "defense")
     if not by_defense:
         return
-    attacks = list(dict.fromkeys(_case(r) for rs in by_defense.values() for r in rs))
+    attacks = list(dict.fromkeys(case_of(r) for rs in by_defense.values() for r in rs))
     seeds = sorted({r["seed"] for rs in by_defense.values() for r in rs})
     styles = ["-", "--", ":", "-."]
     fig, axes = plt.subplots(1, len(by_defense), figsize=(5 * len(by_defense), 3.6), squeeze=False, sharey=True)
@@ -133,9 +133,9 @@ def plot_search_curves(rows: list[dict[str, Any]], path: str | Path) -> None:
         for r in rs:
             curve = r["selection_curve"]
             ax.plot([h["pruned"] for h in curve], [h["value"] for h in curve], alpha=0.85,
-                    color=f"C{attacks.index(_case(r)) % 10}",
+                    color=f"C{attacks.index(case_of(r)) % 10}",
                     linestyle=styles[seeds.index(r["seed"]) % len(styles)],
-                    label=f"{_case(r)} s{r['seed']}")
+                    label=f"{case_of(r)} s{r['seed']}")
         ax.set_title(d, fontsize=9)
         ax.set_xlabel("neurons pruned", fontsize=8)
         ax.grid(alpha=0.3)
@@ -169,7 +169,7 @@ def plot_pruning_curves(rows: list[dict[str, Any]], path: str | Path) -> None:
             at = [p for p in pts if p["pruned"] == chosen]
             if at:  # the set the defense chose, on both curves
                 ax.scatter([chosen] * 2, [100 * at[0]["clean_acc"], 100 * at[0]["asr"]], color=c, s=18, zorder=3)
-        ax.set_title(_case(rs[0]), fontsize=9)
+        ax.set_title(case_of(rs[0]), fontsize=9)
         ax.set_xlabel("neurons pruned", fontsize=8)
         ax.set_ylabel("test ACC / ASR (%)", fontsize=8)
         # the backdoor neurons sit in the first tens; a linear axis up to 30% of the network squeezes them
