@@ -43,7 +43,8 @@ def eval_rows(zoo: Path, measure: Callable[[Path], dict[str, float]] = run_eval)
         m = measure(d)
         held = (meta.get("data") or {}).get("holdout")
         width = (arch.get("kwargs") or {}).get("width")
-        rows.append(f"| {arch['name']}{f' w{width}' if width else ''} | {a['name']} | {a['target_label']} | {meta['seed']} | "
+        model = arch["name"] + (f" w{width}" if width else "")
+        rows.append(f"| {model} | {a['name']} | {a['target_label']} | {meta['seed']} | "
                     f"{held['size'] if held else 'none'} | {100 * m['clean_acc']:.2f} | {100 * m['asr']:.2f} | "
                     f"{100 * m['ra']:.2f} | >= 85 / >= {asr_target(a['name'])} | "
                     f"{'yes' if meets(m, a['name']) else '**no**'} |")
