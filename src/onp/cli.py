@@ -32,7 +32,7 @@ def _fmt_pct(v: float | None) -> str:
 
 def print_table(rows: list[dict[str, Any]], cols: list[tuple[str, str]]) -> None:
     """A small fixed-width table on stdout: ``cols`` are (key, header)."""
-    widths = [max(len(h), *(len(_cell(r.get(k), k)) for r in rows)) for k, h in cols]
+    widths = [max([len(h)] + [len(_cell(r.get(k), k)) for r in rows]) for k, h in cols]
     print("  ".join(h.ljust(w) for (_, h), w in zip(cols, widths)))
     print("  ".join("-" * w for w in widths))
     for r in rows:

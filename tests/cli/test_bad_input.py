@@ -172,3 +172,20 @@ def test_defend_refuses_a_hostile_model_json(tmp_path: Path, capsys, meta: objec
     save_tensors(model / "model.safetensors", create_model("small_cnn", 10, 1, width=4).state_dict())
     (model / "model.json").write_text(json.dumps(meta))
     one_error(["defend", str(model), "--out", str(tmp_path / "o")], tmp_path, capsys, needle)
+
+
+def test_bench_only_matching_no_cell_is_one_line(tmp_path: Path, capsys) -> None:
+    """A mistyped --only pattern used to run nothing, then crash printing an empty table."""
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("name: tiny\ndata: {name: digits}\nmodels: [{name: small_cnn, width: 4}]\n"
+                   "attacks: [{name: badnets}]\ndefenses: [{name: clp}]\nseeds: [0]\n"
+                   f"zoo: {tmp_path / 'zoo'}\n")
+    one_error(["bench", str(cfg), "--results", str(tmp_path / "r.jsonl"), "--only", "*/nosuch-*"], tmp_path, capsys,
+              "'*/nosuch-*' matches none of the grid's 1 cells")
+
+
+def test_an_empty_table_prints_its_header(capsys) -> None:
+    from onp.cli import print_table
+
+    print_table([], [("asr", "ASR %"), ("seed", "seed")])
+    assert capsys.readouterr().out.splitlines() == ["ASR %  seed", "-----  ----"]

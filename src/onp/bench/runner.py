@@ -291,6 +291,9 @@ def run_bench(cfg: BenchConfig, results: str | Path, executor: str = "local", ad
     rows = {r["id"]: r for r in read_results(results)}
     done = set(rows)
     in_scope = [c for c in cells if not only or any(fnmatch.fnmatchcase(c.id, pat) for pat in only)]
+    if only and not in_scope:  # a mistyped pattern would otherwise run nothing and look like success
+        raise OnpError(f"--only {' '.join(repr(p) for p in only)} matches none of the grid's {len(cells)} cells "
+                       f"(ids look like {cells[0].id!r})" if cells else "the grid has no cells")
     refuse_stale_rows(in_scope, rows, results)
     todo = [c for c in in_scope if c.id not in done]
     if max_cells is not None:
