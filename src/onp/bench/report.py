@@ -17,7 +17,6 @@ from typing import Any
 import yaml
 
 from onp import plots
-from onp.plots import case_of
 from onp.bench.runner import read_results
 from onp.errors import OnpError
 from onp.utils.io import make_parents, remove_if_empty
@@ -50,21 +49,21 @@ def with_cases(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Per (case, defense): mean and std over seeds of each metric, plus the undefended model. A case is an
     attack, or an attack on an architecture (:func:`with_cases`)."""
-    attacks = list(dict.fromkeys(case_of(r) for r in rows))
+    attacks = list(dict.fromkeys(plots.case_of(r) for r in rows))
     defenses = list(dict.fromkeys(r["defense"] for r in rows))
     table: dict[str, dict[str, dict[str, tuple[float, float]]]] = {}
     for a in attacks:
         for d in defenses:
-            rs = [r for r in rows if case_of(r) == a and r["defense"] == d]
+            rs = [r for r in rows if plots.case_of(r) == a and r["defense"] == d]
             if rs:
                 table.setdefault(a, {})[d] = {m: _mean_std([r.get(m) for r in rs]) for m, _, _ in METRICS} | \
                     {"wall_time": _mean_std([r["wall_time"] for r in rs]), "n": (len(rs), 0.0)}
     before = {}
     for a in attacks:
-        rs = [r for r in rows if case_of(r) == a]
+        rs = [r for r in rows if plots.case_of(r) == a]
         before[a] = {m: _mean_std([r["before"].get(m) for r in rs]) for m in ("clean_acc", "asr", "ra")}
     return {"attacks": attacks, "defenses": defenses, "table": table, "before": before,
-            "labels": {a: attack_label(next(r for r in rows if case_of(r) == a)) for a in attacks}}
+            "labels": {a: attack_label(next(r for r in rows if plots.case_of(r) == a)) for a in attacks}}
 
 
 def attack_label(row: dict[str, Any]) -> str:
@@ -73,8 +72,8 @@ def attack_label(row: dict[str, Any]) -> str:
     a = row["attack"]
     delta = (a.get("params") or {}).get("test_delta") if isinstance(a.get("params"), dict) else None
     if a["name"] == "sig" and isinstance(delta, (int, float)):
-        return f"sig (test amplitude {round(255 * delta)}/255)" + case_of(row)[len("sig"):]
-    return case_of(row)
+        return f"sig (test amplitude {round(255 * delta)}/255)" + plots.case_of(row)[len("sig"):]
+    return plots.case_of(row)
 
 
 def _best(values: list[float], better: Any) -> float | None:
@@ -127,7 +126,7 @@ def defense_means(rows: list[dict[str, Any]]) -> dict[str, float]:
     (and the worst) over cases, so each case weighs the same however many seeds it has."""
     by_case: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        by_case.setdefault(case_of(r), []).append(r)
+        by_case.setdefault(plots.case_of(r), []).append(r)
     drop = [statistics.fmean(r["before"]["clean_acc"] - r["clean_acc"] for r in v) for v in by_case.values()]
     asr = [statistics.fmean(r["asr"] for r in v) for v in by_case.values()]
     der_ = [statistics.fmean(r["der"] for r in v) for v in by_case.values()]
@@ -230,7 +229,7 @@ def checks_table(rows: list[dict[str, Any]], checks: list[dict[str, Any]]) -> li
         if "evidence" in c:
             out.append([c["claim"], c["evidence"], "see there"])
             continue
-        rs = sorted((r for r in rows if r["defense"] == c["defense"] and case_of(r) == c["attack"]),
+        rs = sorted((r for r in rows if r["defense"] == c["defense"] and plots.case_of(r) == c["attack"]),
                     key=lambda r: r["seed"])
         if not rs:
             out.append([c["claim"], "not run", "-"])
