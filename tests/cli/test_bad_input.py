@@ -174,14 +174,25 @@ def test_defend_refuses_a_hostile_model_json(tmp_path: Path, capsys, meta: objec
     one_error(["defend", str(model), "--out", str(tmp_path / "o")], tmp_path, capsys, needle)
 
 
-def test_bench_only_matching_no_cell_is_one_line(tmp_path: Path, capsys) -> None:
-    """A mistyped --only pattern used to run nothing, then crash printing an empty table."""
+def _tiny_grid(tmp_path: Path) -> Path:
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text("name: tiny\ndata: {name: digits}\nmodels: [{name: small_cnn, width: 4}]\n"
                    "attacks: [{name: badnets}]\ndefenses: [{name: clp}]\nseeds: [0]\n"
                    f"zoo: {tmp_path / 'zoo'}\n")
-    one_error(["bench", str(cfg), "--results", str(tmp_path / "r.jsonl"), "--only", "*/nosuch-*"], tmp_path, capsys,
-              "'*/nosuch-*' matches none of the grid's 1 cells")
+    return cfg
+
+
+def test_bench_only_matching_no_cell_is_one_line(tmp_path: Path, capsys) -> None:
+    """A mistyped --only pattern used to run nothing, then crash printing an empty table."""
+    one_error(["bench", str(_tiny_grid(tmp_path)), "--results", str(tmp_path / "r.jsonl"), "--only", "*/nosuch-*"],
+              tmp_path, capsys, "'*/nosuch-*' matches none of the grid's 1 cells")
+
+
+@pytest.mark.parametrize("count", ["0", "-1"])
+def test_bench_max_cells_below_one_is_one_line(tmp_path: Path, capsys, count: str) -> None:
+    """--max-cells -1 used to slice the to-do list from its end and run all but one cell (training models)."""
+    one_error(["bench", str(_tiny_grid(tmp_path)), "--results", str(tmp_path / "r.jsonl"), "--max-cells", count],
+              tmp_path, capsys, f"--max-cells must be at least 1, got {count}")
 
 
 def test_an_empty_table_prints_its_header(capsys) -> None:

@@ -287,6 +287,8 @@ def run_bench(cfg: BenchConfig, results: str | Path, executor: str = "local", ad
         raise OnpError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
     if jobs < 1:
         raise OnpError(f"--jobs must be at least 1, got {jobs}")
+    if max_cells is not None and max_cells < 1:  # a negative count would slice from the end: nearly the whole grid
+        raise OnpError(f"--max-cells must be at least 1, got {max_cells}")
     models, cells = expand(cfg)
     rows = {r["id"]: r for r in read_results(results)}
     done = set(rows)
