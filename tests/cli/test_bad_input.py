@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from onp.cli import print_table
 from onp.models import create_model
 from onp.utils.io import save_tensors
 from tests.cli.test_outputs import refused
@@ -192,11 +193,9 @@ def test_bench_only_matching_no_cell_is_one_line(tmp_path: Path, capsys) -> None
 def test_bench_max_cells_below_one_is_one_line(tmp_path: Path, capsys, count: str) -> None:
     """--max-cells -1 used to slice the to-do list from its end and run all but one cell (training models)."""
     one_error(["bench", str(_tiny_grid(tmp_path)), "--results", str(tmp_path / "r.jsonl"), "--max-cells", count],
-              tmp_path, capsys, f"--max-cells must be at least 1, got {count}")
+              tmp_path, capsys, f"--max-cells must be an integer of at least 1, got {count}")
 
 
 def test_an_empty_table_prints_its_header(capsys) -> None:
-    from onp.cli import print_table
-
     print_table([], [("asr", "ASR %"), ("seed", "seed")])
     assert capsys.readouterr().out.splitlines() == ["ASR %  seed", "-----  ----"]

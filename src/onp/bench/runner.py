@@ -33,7 +33,7 @@ from onp.data import ImageDataset, create_dataset, holdout_split
 from onp.defenses import create_defense
 from onp.defenses.base import Pruning
 from onp.defenses.pruning import pruning_curve
-from onp.errors import OnpError
+from onp.errors import OnpError, at_least
 from onp.evaluate import predict
 from onp.pipeline import defend
 from onp.runs import run_attack
@@ -285,10 +285,9 @@ def run_bench(cfg: BenchConfig, results: str | Path, executor: str = "local", ad
     """
     if executor not in EXECUTORS:
         raise OnpError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
-    if jobs < 1:
-        raise OnpError(f"--jobs must be at least 1, got {jobs}")
-    if max_cells is not None and max_cells < 1:  # a negative count would slice from the end: nearly the whole grid
-        raise OnpError(f"--max-cells must be at least 1, got {max_cells}")
+    at_least(jobs, 1, "--jobs")
+    if max_cells is not None:  # a negative count would slice the to-do list from its end: nearly the whole grid
+        at_least(max_cells, 1, "--max-cells")
     models, cells = expand(cfg)
     rows = {r["id"]: r for r in read_results(results)}
     done = set(rows)
