@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from onp.utils.runtime import batch_statistics, frozen, git_revision, trainable
+from onp.errors import OnpError
+from onp.utils.runtime import batch_statistics, code_changes, frozen, git_revision, trainable
 
 
 def _net() -> nn.Module:
@@ -77,6 +78,36 @@ def test_git_revision_is_dirty_only_when_the_package_changed(tmp_path: Path) -> 
     (pkg / "code.py").write_text("x = 2\n")
     assert git_revision(pkg) == head + "-dirty"
     assert git_revision(Path("/")) is None
+
+
+def test_code_changes_name_the_package_files_that_differ_from_a_revision(tmp_path: Path) -> None:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+
+    pkg = tmp_path / "src" / "pkg"
+    (pkg / "defenses").mkdir(parents=True)
+    for name in ("defenses/clp.py", "cli.py", "core.py"):
+        (pkg / name).write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    first = git("rev-parse", "HEAD").strip()
+    assert code_changes(first, package=pkg) == []
+    (pkg / "cli.py").write_text("x = 2\n")  # presentation only
+    (tmp_path / "README.md").write_text("outside the package\n")
+    assert code_changes(first, package=pkg) == []
+    (pkg / "defenses" / "clp.py").write_text("x = 2\n")
+    assert code_changes(first, package=pkg) == ["defenses/clp.py"], "an uncommitted edit counts"
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "d")
+    second = git("rev-parse", "HEAD").strip()
+    assert code_changes(first, second, package=pkg) == ["defenses/clp.py"]
+    assert code_changes(second, package=pkg) == []
+    with pytest.raises(OnpError, match="cannot compare onp's source with revision 'nosuch'"):
+        code_changes("nosuch", package=pkg)
+    with pytest.raises(OnpError, match="not a git revision: '--output=x'"):
+        code_changes("--output=x", package=pkg)
+    with pytest.raises(OnpError, match="cannot compare"):
+        code_changes(first, package=Path("/"))
 
 
 def test_provenance_names_the_revision_read_first(monkeypatch: pytest.MonkeyPatch) -> None:

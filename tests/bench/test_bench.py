@@ -146,6 +146,34 @@ def test_rows_made_with_other_settings_are_not_resumed_from(grid: tuple[Path, li
 
 
 @pytest.mark.slow
+def test_a_frozen_grid_runs_only_from_its_revision(grid: tuple[Path, list[dict]], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The evaluation set's freeze: no row from code other than the frozen revision's, on disk or in the file."""
+    from onp.bench import runner
+
+    cfg_path, reference = grid
+    cfg = load_bench(cfg_path, {"frozen": "f00d"})
+    results = tmp_path / "frozen.jsonl"
+    revs = {0: "f00d", 1: "beef"}  # the seed-1 rows come from a revision whose clp differs
+    for r in reference:
+        append_row(results, {**r, "versions": {**r["versions"], "git": revs[r["seed"]]}})
+    changes = {("f00d", None): ["defenses/clp.py"], ("f00d", "f00d"): [], ("f00d", "beef"): ["defenses/clp.py"]}
+    monkeypatch.setattr(runner, "code_changes", lambda since, until=None: changes[since, until])
+    with pytest.raises(OnpError, match=r"frozen at f00d, but onp's source differs from it in defenses/clp\.py"):
+        run_bench(cfg, results)
+    changes["f00d", None] = []
+    with pytest.raises(OnpError, match=r"2 rows of .*frozen.jsonl were not made by the frozen code \(f00d\), "
+                                       r"e\.g\. .*-s1-\w+ \(beef, which differs in defenses/clp\.py\)"):
+        run_bench(cfg, results)
+    changes["f00d", "beef"] = []  # only the report changed between the two revisions
+    assert stable(run_bench(cfg, results)) == stable(reference), "every row from the frozen code: nothing to run"
+    append_row(results, {**reference[0], "versions": {"git": "f00d-dirty"}})
+    with pytest.raises(OnpError, match=r"\(f00d-dirty\)"):
+        run_bench(cfg, results)
+    assert run_bench(cfg, results, models_only=True) == [], "models may be trained before the freeze"
+
+
+@pytest.mark.slow
 def test_ray_executor_gives_the_same_rows(grid: tuple[Path, list[dict]], tmp_path: Path) -> None:
     pytest.importorskip("ray")
     cfg_path, reference = grid

@@ -196,6 +196,11 @@ def test_bench_max_cells_below_one_is_one_line(tmp_path: Path, capsys, count: st
               tmp_path, capsys, f"--max-cells must be an integer of at least 1, got {count}")
 
 
+def test_bench_frozen_at_an_unknown_revision_is_one_line(tmp_path: Path, capsys) -> None:
+    one_error(["bench", str(_tiny_grid(tmp_path)), "--results", str(tmp_path / "r.jsonl"), "--set", "frozen=nosuch"],
+              tmp_path, capsys, "cannot compare onp's source with revision 'nosuch'")
+
+
 def test_an_empty_table_prints_its_header(capsys) -> None:
     print_table([], [("asr", "ASR %"), ("seed", "seed")])
     assert capsys.readouterr().out.splitlines() == ["ASR %  seed", "-----  ----"]

@@ -87,6 +87,10 @@ class BenchConfig:
     """Measure pruning curves (test ACC and ASR against neurons pruned) after pruning defenses."""
     curve_images: int = 2000
     """Test images per point of a pruning curve."""
+    frozen: str | None = None
+    """A git revision whose code every defense row must come from (an evaluation set's freeze): the bench refuses
+    to run while onp's source differs from it, and refuses rows made by other code (files that only parse
+    arguments, show progress or draw the report may change). None: no such check."""
     threads: int | None = None
     """Torch threads per cell (default: the cores the process may use)."""
     device: str = "auto"

@@ -39,7 +39,7 @@ from onp.pipeline import defend
 from onp.runs import run_attack
 from onp.utils.io import atomic_write_text, stable_hash
 from onp.utils.progress import ProgressFactory, null_progress, tqdm_progress
-from onp.utils.runtime import provenance, resolve_device, set_threads
+from onp.utils.runtime import code_changes, provenance, resolve_device, set_threads
 
 log = logging.getLogger(__name__)
 EXECUTORS = ("local", "ray")
@@ -271,6 +271,33 @@ def refuse_stale_rows(cells: list[DefenseCell], rows: dict[str, dict[str, Any]],
                        f"are not mixed")
 
 
+def refuse_unfrozen(frozen: str, cells: list[DefenseCell], rows: dict[str, dict[str, Any]],
+                    results: str | Path) -> None:
+    """For a frozen benchmark: refuse to run while onp's source differs from the frozen revision, and refuse the
+    rows of ``cells`` made by other code (or by uncommitted code, which no revision names): every row of a frozen
+    grid comes from the same defenses. The caller passes the whole grid, not an ``--only`` slice."""
+    if changed := code_changes(frozen):
+        raise OnpError(f"the benchmark is frozen at {frozen}, but onp's source differs from it in "
+                       f"{', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}: restore that code, or "
+                       f"freeze anew and re-run every row")
+    diffs: dict[str, list[str]] = {}
+    other = []
+    for c in cells:
+        if (row := rows.get(c.id)) is None:
+            continue
+        rev = (row.get("versions") or {}).get("git") or ""
+        if not rev or rev.endswith("-dirty"):
+            other.append(f"{c.id} ({rev or 'no revision'})")
+            continue
+        if rev not in diffs:
+            diffs[rev] = code_changes(frozen, rev)
+        if diffs[rev]:
+            other.append(f"{c.id} ({rev[:12]}, which differs in {diffs[rev][0]})")
+    if other:
+        raise OnpError(f"{len(other)} rows of {results} were not made by the frozen code ({frozen}), e.g. "
+                       f"{other[0]}; delete them so that old and new rows are not mixed")
+
+
 def run_bench(cfg: BenchConfig, results: str | Path, executor: str = "local", address: str | None = None,
               progress: ProgressFactory = null_progress, show_cell_progress: bool = False,
               max_cells: int | None = None, jobs: int = 1, only: list[str] | None = None,
@@ -296,6 +323,8 @@ def run_bench(cfg: BenchConfig, results: str | Path, executor: str = "local", ad
         raise OnpError(f"--only {' '.join(repr(p) for p in only)} matches none of the grid's {len(cells)} cells "
                        f"(ids look like {cells[0].id!r})" if cells else "the grid has no cells")
     refuse_stale_rows(in_scope, rows, results)
+    if cfg.frozen and not models_only:  # models may be trained before the freeze; they are not defense code
+        refuse_unfrozen(cfg.frozen, cells, rows, results)
     todo = [c for c in in_scope if c.id not in done]
     if max_cells is not None:
         todo = todo[:max_cells]

@@ -72,6 +72,31 @@ def git_revision(package: Path | None = None) -> str | None:
         return None
 
 
+PRESENTATION = ("cli.py", "bench/report.py", "plots.py", "utils/progress.py")
+"""onp's files that only parse arguments, show progress or draw the report: a change to them changes no result."""
+
+
+def code_changes(since: str, until: str | None = None, package: Path | None = None,
+                 ignore: tuple[str, ...] = PRESENTATION) -> list[str]:
+    """onp's source files (relative to the package) that differ between git revision ``since`` and ``until``
+    (default: the files on disk, uncommitted edits included), leaving out ``ignore``: what a frozen benchmark
+    checks before it adds a row. One error line outside a checkout or for a revision git does not know."""
+    here = package or Path(__file__).resolve().parents[1]
+    for rev in (since, until):
+        if rev is not None and (not rev or rev.startswith("-")):  # git would read it as an option
+            raise OnpError(f"not a git revision: {rev!r}")
+    cmd = ["git", "diff", "--name-only", "--relative", since, *([until] if until else []), "--", ".",
+           *(f":(exclude){p}" for p in ignore)]
+    try:
+        out = subprocess.run(cmd, cwd=here, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise OnpError(f"cannot compare onp's source with revision {since!r}: {e}") from None
+    if out.returncode != 0:
+        why = (out.stderr.strip().splitlines() or ["git failed"])[0]
+        raise OnpError(f"cannot compare onp's source with revision {since!r}: {why}")
+    return out.stdout.split()
+
+
 _PROVENANCE: dict[str, str | None] = {}
 
 
