@@ -61,18 +61,19 @@ def test_trainable_records_gradients_and_restores_each_flag() -> None:
     assert [p.requires_grad for p in net.parameters()] == [False, False, True, False, False, False]
 
 
-def test_git_revision_is_dirty_only_when_the_package_changed(tmp_path: Path) -> None:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout
 
+
+def test_git_revision_is_dirty_only_when_the_package_changed(tmp_path: Path) -> None:
     pkg = tmp_path / "src" / "pkg"
     pkg.mkdir(parents=True)
     (pkg / "code.py").write_text("x = 1\n")
     (tmp_path / "results.jsonl").write_text("")
-    git("init", "-q")
-    git("add", ".")
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
-    head = git("rev-parse", "HEAD").strip()
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    head = _git(tmp_path, "rev-parse", "HEAD").strip()
     (tmp_path / "results.jsonl").write_text("{}\n")  # a bench writing its rows
     assert git_revision(pkg) == head
     (pkg / "code.py").write_text("x = 2\n")
@@ -81,25 +82,22 @@ def test_git_revision_is_dirty_only_when_the_package_changed(tmp_path: Path) -> 
 
 
 def test_code_changes_name_the_package_files_that_differ_from_a_revision(tmp_path: Path) -> None:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
-
     pkg = tmp_path / "src" / "pkg"
     (pkg / "defenses").mkdir(parents=True)
     for name in ("defenses/clp.py", "cli.py", "core.py"):
         (pkg / name).write_text("x = 1\n")
-    git("init", "-q")
-    git("add", ".")
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
-    first = git("rev-parse", "HEAD").strip()
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    first = _git(tmp_path, "rev-parse", "HEAD").strip()
     assert code_changes(first, package=pkg) == []
     (pkg / "cli.py").write_text("x = 2\n")  # presentation only
     (tmp_path / "README.md").write_text("outside the package\n")
     assert code_changes(first, package=pkg) == []
     (pkg / "defenses" / "clp.py").write_text("x = 2\n")
     assert code_changes(first, package=pkg) == ["defenses/clp.py"], "an uncommitted edit counts"
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "d")
-    second = git("rev-parse", "HEAD").strip()
+    _git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "d")
+    second = _git(tmp_path, "rev-parse", "HEAD").strip()
     assert code_changes(first, second, package=pkg) == ["defenses/clp.py"]
     assert code_changes(second, package=pkg) == []
     with pytest.raises(OnpError, match="cannot compare onp's source with revision 'nosuch'"):

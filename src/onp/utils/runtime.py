@@ -53,11 +53,15 @@ def set_threads(n: int | None) -> None:
     torch.set_num_threads(n)
 
 
+ONP_SOURCE = Path(__file__).resolve().parents[1]
+"""onp's package folder: whose git revision a run records, and whose files a frozen benchmark compares."""
+
+
 def git_revision(package: Path | None = None) -> str | None:
     """The git revision of the source tree the package runs from, or None outside a checkout; ``-dirty`` when the
     package's own files (``package``, default: onp's folder) differ from it. Other files of the checkout (results
     being written, docs) do not count: a row made by committed code says so."""
-    here = package or Path(__file__).resolve().parents[1]
+    here = package or ONP_SOURCE
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
@@ -81,7 +85,7 @@ def code_changes(since: str, until: str | None = None, package: Path | None = No
     """onp's source files (relative to the package) that differ between git revision ``since`` and ``until``
     (default: the files on disk, uncommitted edits included), leaving out ``ignore``: what a frozen benchmark
     checks before it adds a row. One error line outside a checkout or for a revision git does not know."""
-    here = package or Path(__file__).resolve().parents[1]
+    here = package or ONP_SOURCE
     for rev in (since, until):
         if rev is not None and (not rev or rev.startswith("-")):  # git would read it as an option
             raise OnpError(f"not a git revision: {rev!r}")
