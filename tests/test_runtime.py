@@ -65,15 +65,21 @@ def _git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout
 
 
+def _commit_all(repo: Path) -> str:
+    """Commit every file under ``repo`` (a new repository the first time) and return the new revision."""
+    if not (repo / ".git").exists():
+        _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    return _git(repo, "rev-parse", "HEAD").strip()
+
+
 def test_git_revision_is_dirty_only_when_the_package_changed(tmp_path: Path) -> None:
     pkg = tmp_path / "src" / "pkg"
     pkg.mkdir(parents=True)
     (pkg / "code.py").write_text("x = 1\n")
     (tmp_path / "results.jsonl").write_text("")
-    _git(tmp_path, "init", "-q")
-    _git(tmp_path, "add", ".")
-    _git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
-    head = _git(tmp_path, "rev-parse", "HEAD").strip()
+    head = _commit_all(tmp_path)
     (tmp_path / "results.jsonl").write_text("{}\n")  # a bench writing its rows
     assert git_revision(pkg) == head
     (pkg / "code.py").write_text("x = 2\n")
@@ -86,18 +92,14 @@ def test_code_changes_name_the_package_files_that_differ_from_a_revision(tmp_pat
     (pkg / "defenses").mkdir(parents=True)
     for name in ("defenses/clp.py", "cli.py", "core.py"):
         (pkg / name).write_text("x = 1\n")
-    _git(tmp_path, "init", "-q")
-    _git(tmp_path, "add", ".")
-    _git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
-    first = _git(tmp_path, "rev-parse", "HEAD").strip()
+    first = _commit_all(tmp_path)
     assert code_changes(first, package=pkg) == []
     (pkg / "cli.py").write_text("x = 2\n")  # presentation only
     (tmp_path / "README.md").write_text("outside the package\n")
     assert code_changes(first, package=pkg) == []
     (pkg / "defenses" / "clp.py").write_text("x = 2\n")
     assert code_changes(first, package=pkg) == ["defenses/clp.py"], "an uncommitted edit counts"
-    _git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "d")
-    second = _git(tmp_path, "rev-parse", "HEAD").strip()
+    second = _commit_all(tmp_path)
     assert code_changes(first, second, package=pkg) == ["defenses/clp.py"]
     assert code_changes(second, package=pkg) == []
     with pytest.raises(OnpError, match="cannot compare onp's source with revision 'nosuch'"):
