@@ -205,7 +205,7 @@ def test_report_writes_tables_and_plots(grid: tuple[Path, list[dict]], tmp_path:
         assert int(ln[1]) == sum(r["defense"] == ln[0].strip("| ") for r in rows)
         assert float(ln[4]) >= float(ln[3]) and float(ln[6]) >= float(ln[5])
     for png in ("asr_vs_acc.png", "asr_bars.png", "clean_acc_bars.png", "pruning_curves.png"):
-        assert (out / png).stat().st_size > 1000, png
+        assert (out / f"tiny_{png}").stat().st_size > 1000, png
     assert "*Attack success per attack and defense" in md  # plots carry captions, not file names
     # BackdoorBench's leaderboard columns, one line per cell
     import csv
@@ -423,7 +423,12 @@ def test_comparison_names_where_two_sets_disagree(tmp_path: Path) -> None:
     out = write_report(tmp_path / "eval.jsonl", tmp_path / "out", compare=tmp_path / "dev.jsonl")
     md = (out / "eval.md").read_text()
     assert "## eval against dev, per defense" in md and "| b | 30.00 | 10.00 | +20.00 |" in md
-    assert (out / "comparison.png").stat().st_size > 1000
+    assert (out / "eval_comparison.png").stat().st_size > 1000
+    # a second report into the same folder keeps the first one's plots: each plot carries its report's name
+    write_report(tmp_path / "dev.jsonl", out, title="dev set")
+    assert (out / "eval_asr_bars.png").exists() and (out / "dev set_asr_bars.png").exists()
+    assert "(dev%20set_asr_bars.png)" in (out / "dev set.md").read_text()
+    assert "eval_" not in (out / "dev set.md").read_text() and "dev%20set" not in md
     (tmp_path / "none.jsonl").write_text("")
     with pytest.raises(OnpError, match="no finished benchmark rows to compare"):
         write_report(tmp_path / "eval.jsonl", tmp_path / "out2", compare=tmp_path / "none.jsonl")

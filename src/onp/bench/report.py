@@ -13,6 +13,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import yaml
 
@@ -258,6 +259,7 @@ def leaderboard_csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+# keyed by the plot's kind; its file is ``<report name>_<kind>.png``, so reports can share one folder
 CAPTIONS = {
     "asr_vs_acc.png": "Every cell: clean accuracy against attack success after each defense (x: no defense).",
     "asr_bars.png": "Attack success per attack and defense, mean over seeds (bars: std, clipped at 0).",
@@ -373,7 +375,7 @@ def _bench_name(rows: list[dict[str, Any]], fallback: str) -> str:
 
 def write_report(results: str | Path, out: str | Path, title: str | None = None, command: str | None = None,
                  checks: str | Path | None = None, compare: str | Path | None = None) -> Path:
-    """Write ``<name>.md``, ``<name>.html`` and PNG plots for the rows in ``results`` into ``out``; with
+    """Write ``<name>.md``, ``<name>.html``, ``<name>.csv`` and ``<name>_*.png`` plots for the rows in ``results`` into ``out``; with
     ``checks`` (see :func:`load_checks`), a section holding the rows against published behaviour; with
     ``compare`` (another results file, e.g. the development set's), where the two disagree per defense."""
     rows = with_cases(read_report_rows(results))
@@ -410,21 +412,24 @@ def write_report(results: str | Path, out: str | Path, title: str | None = None,
     tmp = out / ".report.none"
     try:
         tmp = Path(tempfile.mkdtemp(prefix=".report.", dir=out))
-        plots.plot_asr_vs_acc(rows, tmp / "asr_vs_acc.png")
+        def png(kind: str) -> Path:
+            return tmp / f"{name}_{kind}"
+
+        plots.plot_asr_vs_acc(rows, png("asr_vs_acc.png"))
         for m, label in (("asr", "ASR"), ("clean_acc", "ACC")):
             tab = {a: {d: agg["table"][a][d][m] for d in agg["table"][a]} for a in agg["attacks"]}
-            plots.plot_bars(tab, agg["attacks"], agg["defenses"], label, tmp / f"{m}_bars.png")
+            plots.plot_bars(tab, agg["attacks"], agg["defenses"], label, png(f"{m}_bars.png"))
         # the search curves of ONP and its comparators (each point a set scored by the objective J)
         onp_rows = [r for r in rows if r.get("selection_curve") and "value" in r["selection_curve"][0]]
         if onp_rows:
-            plots.plot_search_curves(onp_rows, tmp / "search_curves.png")
-        plots.plot_pruning_curves(rows, tmp / "pruning_curves.png")
+            plots.plot_search_curves(onp_rows, png("search_curves.png"))
+        plots.plot_pruning_curves(rows, png("pruning_curves.png"))
         if other:
             both = [d for d in agg["defenses"] if any(r["defense"] == d for r in other)]
             means = {w: {d: defense_means([r for r in rs if r["defense"] == d]) for d in both}
                      for w, rs in ((here, rows), (there, other))}
-            plots.plot_comparison(means, here, there, tmp / "comparison.png")
-        images = [p.name for p in sorted(tmp.glob("*.png"))]
+            plots.plot_comparison(means, here, there, png("comparison.png"))
+        images = [(p.name, CAPTIONS[p.name.removeprefix(f"{name}_")]) for p in sorted(tmp.glob("*.png"))]
         intro = [f"# {name}", "",
                  f"{len(rows)} cells: {len(agg['attacks'])} attacks x {len(agg['defenses'])} defenses, seeds "
                  f"{seeds}. Best per row in bold (highest ACC, RA, DER; lowest ASR). ACC, ASR and RA are measured "
@@ -436,14 +441,14 @@ def write_report(results: str | Path, out: str | Path, title: str | None = None,
         for head, tab in sections:
             md += [f"## {head}", "", _md(tab), ""]
         md += ["## Plots", ""]
-        for i in images:
-            md += [f"![{CAPTIONS.get(i, i)}]({i})", "", f"*{CAPTIONS.get(i, i)}*", ""]
+        for i, caption in images:
+            md += [f"![{caption}]({quote(i)})", "", f"*{caption}*", ""]  # a --title may hold spaces
         (tmp / f"{name}.md").write_text("\n".join(md))
         (tmp / f"{name}.csv").write_text(leaderboard_csv(rows))
         body = "".join(f"<h2>{html.escape(h)}</h2>{_html(t)}" for h, t in sections)
-        body += "".join(f'<figure><img src="{html.escape(i)}" alt="{html.escape(CAPTIONS.get(i, i))}" '
-                        f'style="max-width:100%"><figcaption>{html.escape(CAPTIONS.get(i, i))}</figcaption></figure>'
-                        for i in images)
+        body += "".join(f'<figure><img src="{html.escape(quote(i))}" alt="{html.escape(c)}" '
+                        f'style="max-width:100%"><figcaption>{html.escape(c)}</figcaption></figure>'
+                        for i, c in images)
         cmd = f"<p>Made by: <code>{html.escape(command)}</code></p>" if command else ""
         (tmp / f"{name}.html").write_text(
             f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(name)}</title><style>"
