@@ -71,3 +71,34 @@ def test_a_diverging_run_stops_with_an_error_instead_of_training_on() -> None:
     data.images[5] = float("nan")  # one bad image: the batch that holds it gives a NaN loss
     with pytest.raises(OnpError, match="diverged"):
         train_model(model, data, TrainConfig(epochs=1, batch_size=len(data), lr=0.05), torch.device("cpu"), seed=3)
+
+
+def test_a_resumed_attack_reports_the_whole_trainings_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """model.json's wall_time counts the epochs trained before a kill, not only the resumed run's."""
+    import json
+    import time
+
+    from onp.cli import main
+
+    args = ["attack", "--dataset", "digits", "--model", "small_cnn", "--width", "4", "--epochs", "2", "--threads",
+            "1", "--device", "cpu", "--out", str(tmp_path / "m")]
+    real_batch, real_save = training._batch, training._save_checkpoint
+
+    def slow(d, idx):  # noqa: ANN001, ANN202
+        time.sleep(0.2)
+        return real_batch(d, idx)
+
+    def killed_after_saving(path, state):  # noqa: ANN001, ANN202  (after epoch 1 of 2)
+        real_save(path, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_batch", slow)
+    monkeypatch.setattr(training, "_save_checkpoint", killed_after_saving)
+    assert main(args) == 130  # interrupted, as by Ctrl-C
+    monkeypatch.setattr(training, "_batch", real_batch)
+    monkeypatch.setattr(training, "_save_checkpoint", real_save)
+    assert main(args) == 0
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    first, second = (e["seconds"] for e in meta["history"])
+    assert first >= 1.0 > second  # the killed run's epoch was the slow one
+    assert meta["wall_time"] >= first + second

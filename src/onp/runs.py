@@ -120,12 +120,14 @@ def run_attack(cfg: AttackRun, progress: ProgressFactory = null_progress, clean:
     model = spec.build()
     ckpt = checkpoint_path(cfg.out)
     created = make_parents(ckpt)
+    t_train = time.perf_counter()
     try:
         history = train_model(model, data, cfg.train, device, seed=cfg.seed, progress=progress, checkpoint=ckpt,
                               checkpoint_key=_training_key(cfg, data))
     except Exception:
         remove_if_empty(created)  # a checkpoint already written stays, so the run resumes
         raise
+    t_train = time.perf_counter() - t_train  # this call's share of the training
     metrics = evaluate(model, test, attack, device, progress=progress)
     poison = None if attack is None else {"num_poisoned": len(data.poison_idx), "num_cross": len(data.cross_idx)}
     meta = {
@@ -140,7 +142,8 @@ def run_attack(cfg: AttackRun, progress: ProgressFactory = null_progress, clean:
         "metrics": metrics,
         "history": history,
         "seed": cfg.seed,
-        "wall_time": time.perf_counter() - t0,
+        # a resumed training counts all its epochs, the ones before the checkpoint included (their seconds)
+        "wall_time": time.perf_counter() - t0 - t_train + sum(e["seconds"] for e in history),
         **versions,
     }
     save_model(cfg.out, model, meta, None if attack is None else attack.trigger_state(), overwrite=overwrite)
