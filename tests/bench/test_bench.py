@@ -419,10 +419,17 @@ def test_comparison_names_where_two_sets_disagree(tmp_path: Path) -> None:
     assert a[0] == "a" and a[1:4] == ["4.50", "3.00", "+1.50"] and a[-1] == "-"
     assert b[0] == "b" and b[-1] == "ASR +20.00; ACC drop +3.00; DER -11.50"
     (tmp_path / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in dev))
+    # a second architecture only the eval set holds is its own case in eval's tables, and out of the comparison
+    ev.append(_cell("b", "badnets", 0.90, model="vgg"))
     (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ev))
     out = write_report(tmp_path / "eval.jsonl", tmp_path / "out", compare=tmp_path / "dev.jsonl")
     md = (out / "eval.md").read_text()
-    assert "## eval against dev, per defense" in md and "| b | 30.00 | 10.00 | +20.00 |" in md
+    assert "## eval against dev, per defense (%, means over the 2 cases both hold, 1 left out;" in md
+    assert "| b | 30.00 | 10.00 | +20.00 |" in md and "badnets (vgg w16)" in md
+    from onp.bench.report import common_cases
+
+    assert common_cases(ev, [_cell("b", "wanet", 0.1)]) == (ev, [_cell("b", "wanet", 0.1)],
+                                                          "means over all cases, none being in both")
     assert (out / "eval_comparison.png").stat().st_size > 1000
     # a second report into the same folder keeps the first one's plots: each plot carries its report's name
     write_report(tmp_path / "dev.jsonl", out, title="dev set")

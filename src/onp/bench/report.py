@@ -154,6 +154,22 @@ def summary_table(rows: list[dict[str, Any]], defenses: list[str]) -> list[list[
 DISAGREE = {"asr": 0.05, "drop": 0.01, "der": 0.05}
 
 
+def common_cases(rows: list[dict[str, Any]], other: list[dict[str, Any]]
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
+    """The rows of both sets on the (attack, architecture) pairs both hold, so that a comparison of two sets
+    (development and evaluation) is not one of architectures; all rows when they share none. Also the words
+    that say which."""
+    def key(r: dict[str, Any]) -> tuple[str, str]:
+        return r["attack"]["name"], model_label(r)
+
+    shared = {key(r) for r in rows} & {key(r) for r in other}
+    if not shared:
+        return rows, other, "means over all cases, none being in both"
+    left = len({key(r) for r in rows} - shared) + len({key(r) for r in other} - shared)
+    words = f"means over the {len(shared)} cases both hold" + (f", {left} left out" if left else "")
+    return [r for r in rows if key(r) in shared], [r for r in other if key(r) in shared], words
+
+
 def comparison_table(rows: list[dict[str, Any]], other: list[dict[str, Any]], here: str, there: str
                      ) -> list[list[str]]:
     """Per defense in both sets of rows: mean ASR, mean ACC drop and mean DER in each, their difference, and
@@ -267,7 +283,8 @@ CAPTIONS = {
     "search_curves.png": "The objective J of each set ONP and its comparators scored, against neurons pruned.",
     "pruning_curves.png": "Test ACC (solid) and ASR (dashed) along each pruning defense's ranking; the dot is the "
                           "set it chose.",
-    "comparison.png": "Each defense's mean ACC drop and mean ASR in the compared results (hollow) and here (filled).",
+    "comparison.png": "Each defense's mean ACC drop and mean ASR in the compared results (hollow) and here (filled), "
+                      "over the cases both hold.",
 }
 
 
@@ -375,9 +392,10 @@ def _bench_name(rows: list[dict[str, Any]], fallback: str) -> str:
 
 def write_report(results: str | Path, out: str | Path, title: str | None = None, command: str | None = None,
                  checks: str | Path | None = None, compare: str | Path | None = None) -> Path:
-    """Write ``<name>.md``, ``<name>.html``, ``<name>.csv`` and ``<name>_*.png`` plots for the rows in ``results`` into ``out``; with
-    ``checks`` (see :func:`load_checks`), a section holding the rows against published behaviour; with
-    ``compare`` (another results file, e.g. the development set's), where the two disagree per defense."""
+    """Write ``<name>.md``, ``<name>.html``, ``<name>.csv`` and ``<name>_*.png`` plots for the rows in
+    ``results`` into ``out``; with ``checks`` (see :func:`load_checks`), a section holding the rows against
+    published behaviour; with ``compare`` (another results file, e.g. the development set's), where the two
+    disagree per defense on the cases both hold."""
     rows = with_cases(read_report_rows(results))
     if not rows:
         raise OnpError(f"{results} holds no finished benchmark rows")
@@ -403,9 +421,10 @@ def write_report(results: str | Path, out: str | Path, title: str | None = None,
     if there == here:
         here, there = "here", "compared"
     if other:
-        sections.append((f"{here} against {there}, per defense (%, means over cases; disagreeing: a difference "
-                         f"beyond {100 * DISAGREE['asr']:.0f} points of ASR or DER or {100 * DISAGREE['drop']:.0f} "
-                         "of ACC drop)", comparison_table(rows, other, here, there)))
+        mine, theirs, over = common_cases(rows, other)
+        sections.append((f"{here} against {there}, per defense (%, {over}; disagreeing: a difference beyond "
+                         f"{100 * DISAGREE['asr']:.0f} points of ASR or DER or {100 * DISAGREE['drop']:.0f} "
+                         "of ACC drop)", comparison_table(mine, theirs, here, there)))
     created = make_parents(out / "report")
     # written beside ``out`` first, then moved in file by file: ``out`` may also hold the results themselves
     done = False
@@ -427,7 +446,7 @@ def write_report(results: str | Path, out: str | Path, title: str | None = None,
         if other:
             both = [d for d in agg["defenses"] if any(r["defense"] == d for r in other)]
             means = {w: {d: defense_means([r for r in rs if r["defense"] == d]) for d in both}
-                     for w, rs in ((here, rows), (there, other))}
+                     for w, rs in ((here, mine), (there, theirs))}
             plots.plot_comparison(means, here, there, png("comparison.png"))
         images = [(p.name, CAPTIONS[p.name.removeprefix(f"{name}_")]) for p in sorted(tmp.glob("*.png"))]
         intro = [f"# {name}", "",
