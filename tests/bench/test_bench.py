@@ -440,3 +440,15 @@ def test_comparison_names_where_two_sets_disagree(tmp_path: Path) -> None:
     with pytest.raises(OnpError, match="no finished benchmark rows to compare"):
         write_report(tmp_path / "eval.jsonl", tmp_path / "out2", compare=tmp_path / "none.jsonl")
     assert not (tmp_path / "out2").exists(), "nothing half-written"
+
+
+def test_runtime_table_gives_onp_against_anp_per_attack_and_over_attacks() -> None:
+    from onp.bench.report import aggregate, runtime_table, with_cases
+
+    rows = [_cell(d, a, 0.1) | {"wall_time": t, "seed": s} for d, a, t, s in (
+        ("onp", "badnets", 300.0, 0), ("onp", "badnets", 500.0, 1), ("anp", "badnets", 400.0, 0),
+        ("onp", "sig", 600.0, 0), ("anp", "sig", 200.0, 0), ("anp", "lc", 100.0, 0))]
+    table = runtime_table(aggregate(with_cases(rows)))
+    assert table[0] == ["attack", "onp", "anp", "onp/anp"]
+    assert table[1:] == [["badnets", "400", "400", "1.00"], ["sig", "600", "200", "3.00"], ["lc", "-", "100", "-"],
+                         ["mean over attacks", "500", "233", "1.67"]]  # the ratio: (400 + 600) / (400 + 200)

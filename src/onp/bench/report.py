@@ -193,18 +193,26 @@ def comparison_table(rows: list[dict[str, Any]], other: list[dict[str, Any]], he
 
 
 def runtime_table(agg: dict[str, Any]) -> list[list[str]]:
-    """Mean defense wall time per attack, and ONP's time as a ratio to ANP's and RNP's on the same models."""
+    """Mean defense wall time per attack and over the attacks, and ONP's time as a ratio to ANP's and RNP's on the
+    same models."""
     ds = agg["defenses"]
-    header = ["attack"] + ds + [f"onp/{b}" for b in ("anp", "rnp") if "onp" in ds and b in ds]
-    rows = [header]
+    bases = [b for b in ("anp", "rnp") if "onp" in ds and b in ds]
+    rows: list[list[str]] = [["attack"] + ds + [f"onp/{b}" for b in bases]]
+    per_case = []
     for a in agg["attacks"]:
         cells = agg["table"].get(a, {})
         t = {d: cells[d]["wall_time"][0] for d in ds if d in cells}
-        row = [agg["labels"].get(a, a)] + [f"{t[d]:.0f}" if d in t else "-" for d in ds]
-        for b in ("anp", "rnp"):
-            if "onp" in ds and b in ds:
-                row.append(f"{t['onp'] / t[b]:.2f}" if "onp" in t and b in t and t[b] else "-")
-        rows.append(row)
+        per_case.append(t)
+        rows.append([agg["labels"].get(a, a)] + [f"{t[d]:.0f}" if d in t else "-" for d in ds]
+                    + [f"{t['onp'] / t[b]:.2f}" if "onp" in t and b in t and t[b] else "-" for b in bases])
+    if len(per_case) > 1:  # each defense's mean over the attacks it ran; ONP's ratios over those both ran
+        means = [[t[d] for t in per_case if d in t] for d in ds]
+        ratios = []
+        for b in bases:
+            both = [t for t in per_case if "onp" in t and b in t]
+            den = sum(t[b] for t in both)
+            ratios.append(f"{sum(t['onp'] for t in both) / den:.2f}" if both and den else "-")
+        rows.append(["mean over attacks"] + [f"{statistics.fmean(m):.0f}" if m else "-" for m in means] + ratios)
     return rows
 
 
