@@ -418,13 +418,14 @@ def test_comparison_names_where_two_sets_disagree(tmp_path: Path) -> None:
     # a: sig's seeds averaged first, then the cases: (3 + 6) / 2 against (2 + 4) / 2
     assert a[0] == "a" and a[1:4] == ["4.50", "3.00", "+1.50"] and a[-1] == "-"
     assert b[0] == "b" and b[-1] == "ASR +20.00; ACC drop +3.00; DER -11.50"
+    dev.append(_cell("e", "wanet", 0.1, bench="dev"))  # e is in both sets, but on no case both hold
     (tmp_path / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in dev))
     # a second architecture only the eval set holds is its own case in eval's tables, and out of the comparison
-    ev.append(_cell("b", "badnets", 0.90, model="vgg"))
+    ev += [_cell("b", "badnets", 0.90, model="vgg"), _cell("e", "badnets", 0.2, model="vgg")]
     (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ev))
     out = write_report(tmp_path / "eval.jsonl", tmp_path / "out", compare=tmp_path / "dev.jsonl")
     md = (out / "eval.md").read_text()
-    assert "## eval against dev, per defense (%, means over the 2 cases both hold, 1 left out;" in md
+    assert "## eval against dev, per defense (%, means over the 2 cases both hold, 2 left out;" in md
     assert "| b | 30.00 | 10.00 | +20.00 |" in md and "badnets (vgg w16)" in md
     from onp.bench.report import common_cases
 

@@ -452,7 +452,8 @@ def write_report(results: str | Path, out: str | Path, title: str | None = None,
             plots.plot_search_curves(onp_rows, png("search_curves.png"))
         plots.plot_pruning_curves(rows, png("pruning_curves.png"))
         if other:
-            both = [d for d in agg["defenses"] if any(r["defense"] == d for r in other)]
+            both = [d for d in agg["defenses"] if any(r["defense"] == d for r in mine)
+                    and any(r["defense"] == d for r in theirs)]  # a defense may hold only cases left out
             means = {w: {d: defense_means([r for r in rs if r["defense"] == d]) for d in both}
                      for w, rs in ((here, mine), (there, theirs))}
             plots.plot_comparison(means, here, there, png("comparison.png"))
