@@ -170,16 +170,19 @@ def common_cases(rows: list[dict[str, Any]], other: list[dict[str, Any]]
     return [r for r in rows if key(r) in shared], [r for r in other if key(r) in shared], words
 
 
+def shared_defenses(rows: list[dict[str, Any]], other: list[dict[str, Any]]) -> list[str]:
+    """The defenses with rows in both sets, in the order of ``rows``: what a comparison puts side by side."""
+    others = {r["defense"] for r in other}
+    return [d for d in dict.fromkeys(r["defense"] for r in rows) if d in others]
+
+
 def comparison_table(rows: list[dict[str, Any]], other: list[dict[str, Any]], here: str, there: str
                      ) -> list[list[str]]:
     """Per defense in both sets of rows: mean ASR, mean ACC drop and mean DER in each, their difference, and
     which of the three differ by more than :data:`DISAGREE` (the project's ACC-drop target is one point)."""
     out = [["defense"] + [f"{label} {where}" for label in ("mean ASR", "mean ACC drop", "mean DER")
                           for where in (here, there, "difference")] + ["disagree on"]]
-    others = {r["defense"] for r in other}
-    for d in dict.fromkeys(r["defense"] for r in rows):
-        if d not in others:
-            continue
+    for d in shared_defenses(rows, other):
         a = defense_means([r for r in rows if r["defense"] == d])
         b = defense_means([r for r in other if r["defense"] == d])
         cells, differ = [], []
@@ -452,8 +455,7 @@ def write_report(results: str | Path, out: str | Path, title: str | None = None,
             plots.plot_search_curves(onp_rows, png("search_curves.png"))
         plots.plot_pruning_curves(rows, png("pruning_curves.png"))
         if other:
-            both = [d for d in agg["defenses"] if any(r["defense"] == d for r in mine)
-                    and any(r["defense"] == d for r in theirs)]  # a defense may hold only cases left out
+            both = shared_defenses(mine, theirs)  # not all of them: a defense may hold only cases left out
             means = {w: {d: defense_means([r for r in rs if r["defense"] == d]) for d in both}
                      for w, rs in ((here, mine), (there, theirs))}
             plots.plot_comparison(means, here, there, png("comparison.png"))
