@@ -406,13 +406,13 @@ def test_an_attack_on_a_second_architecture_is_its_own_line() -> None:
 
 
 def test_comparison_names_where_two_sets_disagree(tmp_path: Path) -> None:
-    from onp.bench.report import comparison_table
+    from onp.bench.report import comparison_table, compared_means
 
     dev = [_cell("a", "badnets", 0.02, bench="dev"), _cell("a", "sig", 0.04, bench="dev"),
            _cell("b", "badnets", 0.10, bench="dev"), _cell("c", "badnets", 0.1, bench="dev")]
     ev = [_cell("a", "badnets", 0.03), _cell("a", "sig", 0.05, seed=0), _cell("a", "sig", 0.07, seed=1),
           _cell("b", "badnets", 0.30, acc=0.85), _cell("d", "badnets", 0.1)]
-    table = comparison_table(ev, dev, "eval", "dev")
+    table = comparison_table(*compared_means(ev, dev), "eval", "dev")
     assert table[0][:4] == ["defense", "mean ASR eval", "mean ASR dev", "mean ASR difference"]
     a, b = table[1:]  # c and d are in one set only
     # a: sig's seeds averaged first, then the cases: (3 + 6) / 2 against (2 + 4) / 2

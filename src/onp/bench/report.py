@@ -176,15 +176,26 @@ def shared_defenses(rows: list[dict[str, Any]], other: list[dict[str, Any]]) -> 
     return [d for d in dict.fromkeys(r["defense"] for r in rows) if d in others]
 
 
-def comparison_table(rows: list[dict[str, Any]], other: list[dict[str, Any]], here: str, there: str
+def compared_means(rows: list[dict[str, Any]], other: list[dict[str, Any]]
+                   ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """Each shared defense's means (:func:`defense_means`) in ``rows`` and in ``other``: what the comparison
+    table and its plot both show, computed once."""
+    both = shared_defenses(rows, other)
+
+    def means(rs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+        return {d: defense_means([r for r in rs if r["defense"] == d]) for d in both}
+
+    return means(rows), means(other)
+
+
+def comparison_table(mine: dict[str, dict[str, float]], theirs: dict[str, dict[str, float]], here: str, there: str
                      ) -> list[list[str]]:
-    """Per defense in both sets of rows: mean ASR, mean ACC drop and mean DER in each, their difference, and
-    which of the three differ by more than :data:`DISAGREE` (the project's ACC-drop target is one point)."""
+    """Per defense of :func:`compared_means`: mean ASR, mean ACC drop and mean DER in each set, their difference,
+    and which of the three differ by more than :data:`DISAGREE` (the project's ACC-drop target is one point)."""
     out = [["defense"] + [f"{label} {where}" for label in ("mean ASR", "mean ACC drop", "mean DER")
                           for where in (here, there, "difference")] + ["disagree on"]]
-    for d in shared_defenses(rows, other):
-        a = defense_means([r for r in rows if r["defense"] == d])
-        b = defense_means([r for r in other if r["defense"] == d])
+    for d, a in mine.items():
+        b = theirs[d]
         cells, differ = [], []
         for k, label in (("asr", "ASR"), ("drop", "ACC drop"), ("der", "DER")):
             diff = a[k] - b[k]
@@ -433,9 +444,10 @@ def write_report(results: str | Path, out: str | Path, title: str | None = None,
         here, there = "here", "compared"
     if other:
         mine, theirs, over = common_cases(rows, other)
+        here_means, there_means = compared_means(mine, theirs)  # not every defense: one may hold only cases left out
         sections.append((f"{here} against {there}, per defense (%, {over}; disagreeing: a difference beyond "
                          f"{100 * DISAGREE['asr']:.0f} points of ASR or DER or {100 * DISAGREE['drop']:.0f} "
-                         "of ACC drop)", comparison_table(mine, theirs, here, there)))
+                         "of ACC drop)", comparison_table(here_means, there_means, here, there)))
     created = make_parents(out / "report")
     # written beside ``out`` first, then moved in file by file: ``out`` may also hold the results themselves
     done = False
@@ -455,10 +467,7 @@ def write_report(results: str | Path, out: str | Path, title: str | None = None,
             plots.plot_search_curves(onp_rows, png("search_curves.png"))
         plots.plot_pruning_curves(rows, png("pruning_curves.png"))
         if other:
-            both = shared_defenses(mine, theirs)  # not all of them: a defense may hold only cases left out
-            means = {w: {d: defense_means([r for r in rs if r["defense"] == d]) for d in both}
-                     for w, rs in ((here, mine), (there, theirs))}
-            plots.plot_comparison(means, here, there, png("comparison.png"))
+            plots.plot_comparison({here: here_means, there: there_means}, here, there, png("comparison.png"))
         images = [(p.name, CAPTIONS[p.name.removeprefix(f"{name}_")]) for p in sorted(tmp.glob("*.png"))]
         intro = [f"# {name}", "",
                  f"{len(rows)} cells: {len(agg['attacks'])} attacks x {len(agg['defenses'])} defenses, seeds "
